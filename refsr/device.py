@@ -1,0 +1,31 @@
+"""Choosing the compute device from a ``--device`` string."""
+
+from __future__ import annotations
+
+import re
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(spec: str = "auto"):
+    """Turn ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` into a ``torch.device``.
+
+    ``auto`` picks CUDA when available, else CPU.
+
+    Raises:
+        ValueError: for an unknown spec, or CUDA asked for where none is available.
+    """
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if not DEVICE_PATTERN.match(spec):
+        raise ValueError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine; use --device cpu")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device(spec)

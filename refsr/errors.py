@@ -1,0 +1,21 @@
+"""Exceptions that mean "the user's input is wrong" (as opposed to a bug).
+
+The CLI turns any exception into one line on stderr; these classes exist so library
+code can state clearly that the problem is an input, a missing file or a missing weight.
+"""
+
+
+class RefSRError(Exception):
+    """Base class of every error refsr raises on purpose."""
+
+
+class InputError(RefSRError, ValueError):
+    """An input file or value is unusable; the message names the file or value."""
+
+
+class ManifestError(InputError):
+    """A JSON Lines manifest is malformed; the message names the file and the line."""
+
+
+class MissingWeightsError(RefSRError, FileNotFoundError):
+    """Pretrained weights are not available offline; the message says how to supply them."""

@@ -1,0 +1,515 @@
+"""Images, atomic writes, input lists and JSON Lines manifests.
+
+Images are read with OpenCV into float32 RGB arrays of shape (H, W, 3) in [0, 1],
+whatever the file holds (8 or 16 bits, gray, RGB, RGBA, EXIF-rotated). What is needed
+to write an output "like the input" (bit depth, gray, alpha) travels alongside in
+:class:`Image`.
+
+Every file refsr writes goes through :func:`atomic_path`: the data lands in a temporary
+file in the destination folder and is renamed over the destination only once complete, so
+an interrupted run never leaves a half-written output and a rerun can trust what exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import InputError, ManifestError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+MANIFEST_EXTENSIONS = (".jsonl",)
+
+PAIR_FORMAT = "refsr.pairs/1"
+MATCH_FORMAT = "refsr.matches/1"
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    Use it for libraries that want a file name (``safetensors.torch.save_file``,
+    ``hnswlib.Index.save_index``). If the body raises, the temporary file is removed and
+    ``path`` is left untouched. The temporary name keeps the suffix of ``path`` so that
+    writers which choose a format by extension still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """``open()`` for writing, atomically: the file appears complete or not at all."""
+    if "r" in mode or "a" in mode or "+" in mode:
+        raise ValueError(f"atomic_open only writes whole files; got mode {mode!r}")
+    if "b" in mode:
+        encoding = None
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Image:
+    """A decoded image and what is needed to write a result back in the same form.
+
+    Attributes:
+        rgb (`np.ndarray`): (H, W, 3) float32 in [0, 1], RGB order, EXIF orientation applied.
+        bit_depth (`int`): 8 or 16, the depth of the file.
+        gray (`bool`): the file had a single luminance channel (``rgb`` repeats it).
+        alpha (`np.ndarray` or `None`): (H, W) float32 in [0, 1] if the file had alpha.
+        path (`Path` or `None`): where it was read from.
+    """
+
+    rgb: np.ndarray
+    bit_depth: int = 8
+    gray: bool = False
+    alpha: np.ndarray | None = None
+    path: Path | None = None
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
+
+
+def _exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1..8) of an encoded image, 1 when absent or unreadable."""
+    try:
+        import io as _io
+
+        from PIL import Image as PILImage
+
+        with PILImage.open(_io.BytesIO(data)) as im:
+            value = im.getexif().get(0x0112, 1)
+        return int(value) if 1 <= int(value) <= 8 else 1
+    except Exception:  # no EXIF, no Pillow, or a format Pillow does not parse: upright
+        return 1
+
+
+def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip ``array`` (H, W[, C]) so that an EXIF-``orientation`` image is upright."""
+    ops = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.swapaxes(a, 0, 1)[:, ::-1],
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+        8: lambda a: np.swapaxes(a, 0, 1)[::-1],
+    }
+    return np.ascontiguousarray(ops[orientation](array))
+
+
+def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> Image:
+    """Decode encoded image bytes (PNG/JPEG/WebP/TIFF/BMP) into an :class:`Image`.
+
+    Raises:
+        InputError: empty, truncated or non-image data; the message names ``name``.
+    """
+    if len(data) == 0:
+        raise InputError(f"{name}: file is empty")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    # IMREAD_UNCHANGED keeps 16 bits and alpha, but skips EXIF orientation: we apply it.
+    array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if array is None or array.size == 0:
+        raise InputError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
+    if array.dtype == np.uint8:
+        bit_depth, scale = 8, 255.0
+    elif array.dtype == np.uint16:
+        bit_depth, scale = 16, 65535.0
+    elif array.dtype in (np.float32, np.float64):
+        bit_depth, scale = 16, 1.0
+    else:
+        raise InputError(f"{name}: unsupported pixel type {array.dtype}")
+    orientation = _exif_orientation(data)
+    if orientation != 1:
+        array = _apply_orientation(array, orientation)
+    pixels = np.clip(array.astype(np.float32) / scale, 0.0, 1.0)
+
+    alpha = None
+    if pixels.ndim == 2:
+        gray, rgb = True, np.repeat(pixels[:, :, None], 3, axis=2)
+    elif pixels.shape[2] == 1:
+        gray, rgb = True, np.repeat(pixels, 3, axis=2)
+    elif pixels.shape[2] == 2:  # gray + alpha
+        gray, rgb, alpha = True, np.repeat(pixels[:, :, :1], 3, axis=2), pixels[:, :, 1].copy()
+    elif pixels.shape[2] == 3:
+        gray, rgb = False, pixels[:, :, ::-1]
+    elif pixels.shape[2] == 4:
+        gray, rgb, alpha = False, pixels[:, :, 2::-1], pixels[:, :, 3].copy()
+    else:
+        raise InputError(f"{name}: unsupported channel count {pixels.shape[2]}")
+    return Image(np.ascontiguousarray(rgb, dtype=np.float32), bit_depth, gray, alpha, Path(name))
+
+
+def read_image(path: str | os.PathLike) -> Image:
+    """Read an image file into an :class:`Image` (float32 RGB in [0, 1], upright).
+
+    Raises:
+        InputError: missing, unreadable, empty, truncated or non-image file, naming it.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, expected an image file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    return decode_image(data, path)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Shortcut: the (H, W, 3) float32 RGB pixels in [0, 1] of an image file."""
+    return read_image(path).rgb
+
+
+def to_uint(rgb: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+    """Round float pixels in [0, 1] to uint8 or uint16 (values outside are clipped)."""
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    peak, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
+    return np.round(np.clip(rgb, 0.0, 1.0) * peak).astype(dtype)
+
+
+def encode_png(
+    rgb: np.ndarray,
+    bit_depth: int = 8,
+    gray: bool = False,
+    alpha: np.ndarray | None = None,
+    compression: int = 3,
+) -> bytes:
+    """Encode (H, W, 3) or (H, W) float32 pixels in [0, 1] as PNG bytes.
+
+    Args:
+        rgb: (H, W, 3) RGB or (H, W) gray, float in [0, 1].
+        bit_depth: 8 or 16.
+        gray: write a single luminance channel (the mean of RGB if three are given; for a
+            gray input that was expanded to RGB this is the original channel).
+        alpha: optional (H, W) float in [0, 1], written as the alpha channel.
+    """
+    rgb = np.asarray(rgb, dtype=np.float32)
+    if rgb.ndim == 2:
+        gray, luma = True, rgb
+    elif rgb.ndim == 3 and rgb.shape[2] == 3:
+        luma = rgb.mean(axis=2) if gray else None
+    else:
+        raise ValueError(f"expected (H, W, 3) or (H, W) pixels, got shape {rgb.shape}")
+    if gray:
+        channels = [luma]
+    else:
+        channels = [rgb[:, :, 2], rgb[:, :, 1], rgb[:, :, 0]]  # OpenCV wants BGR
+    if alpha is not None:
+        if alpha.shape != channels[0].shape:
+            raise ValueError(f"alpha shape {alpha.shape} does not match image shape {channels[0].shape}")
+        channels.append(np.asarray(alpha, dtype=np.float32))
+    array = to_uint(np.stack(channels, axis=2) if len(channels) > 1 else channels[0], bit_depth)
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_image(
+    path: str | os.PathLike,
+    rgb: np.ndarray,
+    bit_depth: int = 8,
+    gray: bool = False,
+    alpha: np.ndarray | None = None,
+) -> Path:
+    """Write pixels as a PNG file at 8 or 16 bits, atomically. See :func:`encode_png`."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: refsr writes PNG files; use a .png name")
+    write_bytes_atomic(path, encode_png(rgb, bit_depth, gray, alpha))
+    return path
+
+
+def write_like(path: str | os.PathLike, rgb: np.ndarray, like: Image) -> Path:
+    """Write ``rgb`` as PNG in the form of the input ``like``: its bit depth, gray-ness
+    and alpha (resized to ``rgb``'s size with bicubic interpolation if needed)."""
+    alpha = like.alpha
+    if alpha is not None and alpha.shape != rgb.shape[:2]:
+        alpha = np.clip(cv2.resize(alpha, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_CUBIC), 0, 1)
+    return write_image(path, rgb, bit_depth=like.bit_depth, gray=like.gray, alpha=alpha)
+
+
+# ---------------------------------------------------------------------------------------
+# Listing inputs
+# ---------------------------------------------------------------------------------------
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    recursive: bool = False,
+    manifest_key: str | None = None,
+) -> list[Path]:
+    """Expand files, folders and manifests into a list of image paths.
+
+    Files are kept in the order given; a folder contributes its image files sorted by
+    name (descending into subfolders if ``recursive``); a ``.jsonl`` manifest contributes
+    the path stored under ``manifest_key`` of each record (resolved against the manifest's
+    folder). Duplicates are dropped, keeping the first occurrence.
+
+    Raises:
+        InputError: a path that does not exist, a file that is not an image, a manifest
+            given without ``manifest_key``, or nothing found at all.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found.extend(sorted(p for p in path.glob(pattern) if p.is_file() and is_image_file(p)))
+        elif path.suffix.lower() in MANIFEST_EXTENSIONS:
+            if manifest_key is None:
+                raise InputError(f"{path}: a manifest is not accepted here; give image files or folders")
+            found.extend(resolve_path(path, rec[manifest_key]) for rec in read_jsonl(path))
+        elif path.is_file():
+            if not is_image_file(path):
+                raise InputError(f"{path}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+            found.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise InputError(f"no images found in {', '.join(str(i) for i in inputs)}")
+    return unique
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """Parse ``--shard K/N`` (0 <= K < N) into ``(K, N)``; ``None`` means ``(0, 1)``."""
+    if spec is None or spec == "":
+        return 0, 1
+    try:
+        k, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like K/N (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"shard {spec!r} out of range: need 0 <= K < N")
+    return k, n
+
+
+def select_shard(items: Sequence, shard: tuple[int, int] | str | None) -> list:
+    """Every N-th item starting at K: the part of ``items`` shard K/N processes."""
+    k, n = parse_shard(shard) if not isinstance(shard, tuple) else shard
+    return list(items[k::n])
+
+
+# ---------------------------------------------------------------------------------------
+# JSON Lines manifests
+# ---------------------------------------------------------------------------------------
+
+# Field name -> accepted type(s), for each manifest format of docs/architecture.md.
+PAIR_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "hr": str,
+    "lr": str,
+    "scale": int,
+    "source": str,
+    "crop": list,
+    "seed": int,
+    "degradation": dict,
+}
+MATCH_FIELDS: dict[str, type | tuple[type, ...]] = {"id": str, "query": str, "refs": list}
+MATCH_REF_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "path": str,
+    "box": list,
+    "score": (int, float),
+    "image_score": (int, float),
+}
+
+
+def resolve_path(manifest: str | os.PathLike, value: str) -> Path:
+    """A path stored in a manifest, resolved against the manifest's folder."""
+    p = Path(value)
+    return p if p.is_absolute() else Path(manifest).parent / p
+
+
+def relative_path(manifest: str | os.PathLike, path: str | os.PathLike) -> str:
+    """``path`` relative to the manifest's folder (POSIX separators), for storing."""
+    return Path(os.path.relpath(Path(path).absolute(), Path(manifest).absolute().parent)).as_posix()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Read a JSON Lines file: one JSON object per non-empty line.
+
+    Raises:
+        ManifestError: missing file, or a line that is not a JSON object ("file:line: ...").
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not a text file (expected JSON Lines)") from None
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise ManifestError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        record["_line"] = lineno
+        records.append(record)
+    return records
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Write records as JSON Lines, atomically (keys starting with ``_`` are dropped)."""
+    with atomic_open(path) as f:
+        for record in records:
+            clean = {k: v for k, v in record.items() if not k.startswith("_")}
+            f.write(json.dumps(clean, separators=(",", ":")) + "\n")
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "string", int: "integer", float: "number", list: "list", dict: "object", bool: "boolean"}
+    ts = t if isinstance(t, tuple) else (t,)
+    return " or ".join(names.get(x, x.__name__) for x in ts)
+
+
+def check_fields(record: dict, fields: dict, where: str) -> None:
+    """Check that ``record`` has every field of ``fields`` with the right type.
+
+    Raises:
+        ManifestError: "<where>: missing field 'x'" or "<where>: field 'x' must be ..."
+    """
+    for name, expected in fields.items():
+        if name not in record:
+            raise ManifestError(f"{where}: missing field {name!r}")
+        value = record[name]
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in (expected if isinstance(expected, tuple) else (expected,)))
+        if not ok:
+            raise ManifestError(f"{where}: field {name!r} must be a {_type_name(expected)}, got {json.dumps(value)[:60]}")
+
+
+def read_pair_manifest(path: str | os.PathLike, check_files: bool = True) -> list[dict]:
+    """Read and validate a pair manifest (written by ``refsr degrade``).
+
+    Each record gains ``hr_path`` and ``lr_path``: its images resolved against the
+    manifest's folder.
+
+    Raises:
+        ManifestError: a malformed line, a missing field, a wrong type or (with
+            ``check_files``) an image that does not exist, naming file and line.
+    """
+    records = read_jsonl(path)
+    if not records:
+        raise ManifestError(f"{path}: manifest is empty")
+    seen: dict[str, int] = {}
+    for rec in records:
+        where = f"{path}:{rec['_line']}"
+        check_fields(rec, PAIR_FIELDS, where)
+        if rec["id"] in seen:
+            raise ManifestError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+        seen[rec["id"]] = rec["_line"]
+        for key in ("hr", "lr"):
+            rec[f"{key}_path"] = resolve_path(path, rec[key])
+            if check_files and not rec[f"{key}_path"].is_file():
+                raise ManifestError(f"{where}: {key} image {rec[key]!r} does not exist ({rec[f'{key}_path']})")
+    return records
+
+
+def read_matches(path: str | os.PathLike, check_files: bool = True) -> list[dict]:
+    """Read and validate a matches file (written by ``refsr match``).
+
+    Each reference gains ``abs_path`` (resolved against the matches file's folder).
+
+    Raises:
+        ManifestError: a malformed line, a missing field, a wrong type or (with
+            ``check_files``) a reference image that does not exist, naming file and line.
+    """
+    records = read_jsonl(path)
+    for rec in records:
+        where = f"{path}:{rec['_line']}"
+        check_fields(rec, MATCH_FIELDS, where)
+        for i, ref in enumerate(rec["refs"]):
+            if not isinstance(ref, dict):
+                raise ManifestError(f"{where}: refs[{i}] must be an object")
+            check_fields(ref, MATCH_REF_FIELDS, f"{where}: refs[{i}]")
+            if len(ref["box"]) != 4 or not all(isinstance(v, int) for v in ref["box"]):
+                raise ManifestError(f"{where}: refs[{i}]: box must be [x, y, w, h] integers, got {ref['box']}")
+            ref["abs_path"] = resolve_path(path, ref["path"])
+            if check_files and not ref["abs_path"].is_file():
+                raise ManifestError(f"{where}: refs[{i}]: reference image {ref['path']!r} does not exist")
+    return records
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

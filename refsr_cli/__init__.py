@@ -1,0 +1,1 @@
+"""The ``refsr`` command line: thin click commands over the :mod:`refsr` library."""

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny real photos from scikit-image, written into tmp folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("REFSR_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _torch_threads():
+    try:
+        import torch
+
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    except ImportError:
+        pass
+
+
+_torch_threads()
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """A real photo shipped with scikit-image as (H, W, 3) float32 RGB in [0, 1]."""
+    from skimage import data
+
+    img = getattr(data, name)()
+    if isinstance(img, tuple):  # e.g. stereo_motorcycle returns (left, right, disparity)
+        img = img[0]
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = img[:, :, :3]
+    return (img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return skimage_photo("astronaut")
+
+
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    return skimage_photo("coffee")
+
+
+@pytest.fixture(scope="session")
+def motorcycle_pair() -> tuple[np.ndarray, np.ndarray]:
+    """The left and right views of scikit-image's stereo motorcycle (real references)."""
+    from skimage import data
+
+    left, right, _ = data.stereo_motorcycle()
+    return left.astype(np.float32) / 255.0, right.astype(np.float32) / 255.0
+
+
+@pytest.fixture
+def photo_folder(tmp_path, astronaut, coffee) -> Path:
+    """A folder with two small real photos as PNG (64x64 and 96x80)."""
+    import cv2
+
+    from refsr.io import write_image
+
+    folder = tmp_path / "photos"
+    write_image(folder / "astronaut.png", cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA))
+    write_image(folder / "coffee.png", cv2.resize(coffee, (96, 80), interpolation=cv2.INTER_AREA))
+    return folder
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (real photos for development live outside the project)")
+    return SHARED_DATA
