@@ -1,0 +1,25 @@
+"""Models: the VQ autoencoder, the denoising U-Net and the reference branch (``ldm-ca``).
+
+Public API: :class:`RefSRModel` (``from_config``, ``from_pretrained``, ``save_pretrained``,
+``encode``, ``decode``, ``encode_lr``, ``encode_references``, ``forward``),
+:func:`load_config`, :func:`list_configs`, :class:`LRContext`, :class:`RefContext`.
+Heavy imports (torch, diffusers) happen when this package is imported, so CLI modules
+import it inside their functions.
+"""
+
+from .ldm import KINDS, MODEL_FORMAT, SCHEDULER_CONFIG, RefSRModel, list_configs, load_config, unet_forward
+from .ref_branch import AGGREGATIONS, LRContext, RefBranch, RefContext
+
+__all__ = [
+    "AGGREGATIONS",
+    "KINDS",
+    "LRContext",
+    "MODEL_FORMAT",
+    "RefBranch",
+    "RefContext",
+    "RefSRModel",
+    "SCHEDULER_CONFIG",
+    "list_configs",
+    "load_config",
+    "unet_forward",
+]

@@ -1,0 +1,266 @@
+"""The reference branch of ``ldm-ca``: E_LR, E_Ref and cross-attention in the U-Net decoder.
+
+Layout (DESIGN.md, section Model; departures in docs/architecture.md):
+
+* ``E_LR`` and ``E_Ref`` are copies of the U-Net's ``conv_in``, ``down_blocks`` and
+  ``mid_block`` with their own weights and no timestep input (every resnet's
+  ``time_emb_proj`` is removed, so ``temb=None`` passes through). Their input has the
+  U-Net's layout: ``[VQ latent || image at latent size]`` (latent + 3 channels), so the
+  copies can start from a pretrained U-Net's weights exactly.
+* Each encoder yields one feature map per resolution of the U-Net (resolution ``r`` is
+  the latent size divided by ``2**r``): the last down-block output before that block's
+  downsampler, and the mid block's output at the lowest resolution.
+* After each chosen up block ``i`` (``ca_levels``) the decoder features ``h`` attend to
+  the references: query from ``[norm(h) || f_LR]`` (1x1 projection), key/value from each
+  reference's features at the same resolution, one ``scaled_dot_product_attention`` per
+  reference, aggregation over the real references, zero-initialised output projection,
+  added to ``h``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+AGGREGATIONS = ("mean", "sum", "max", "joint")
+
+
+@dataclass
+class LRContext:
+    """E_LR features, computed once per LR image (or tile).
+
+    Attributes:
+        features (`dict[int, torch.Tensor]`): resolution index -> (B, C_r, h/2^r, w/2^r).
+    """
+
+    features: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class RefContext:
+    """Per-level keys and values of the references, computed once per image.
+
+    Attributes:
+        keys (`dict[int, torch.Tensor]`): up-block index -> (B, R, heads, N, head_dim).
+        values (`dict[int, torch.Tensor]`): same layout as ``keys``.
+        mask (`torch.Tensor`): (B, R) bool, True where the reference is real.
+    """
+
+    keys: dict[int, torch.Tensor]
+    values: dict[int, torch.Tensor]
+    mask: torch.Tensor
+
+    @property
+    def has_refs(self) -> torch.Tensor:
+        """(B,) bool: the images that have at least one real reference."""
+        return self.mask.any(dim=1)
+
+
+def _strip_timestep(module: nn.Module) -> None:
+    """Remove every resnet's timestep projection so the module runs with ``temb=None``."""
+    for sub in module.modules():
+        if hasattr(sub, "time_emb_proj"):
+            sub.time_emb_proj = None
+
+
+def level_resolutions(num_levels: int) -> list[int]:
+    """Resolution index of the output of each up block: up block ``i`` of ``n`` ends at
+    resolution ``n - 2 - i`` (it upsamples), the last one at resolution 0."""
+    return [max(num_levels - 2 - i, 0) for i in range(num_levels)]
+
+
+class UNetEncoder(nn.Module):
+    """A timestep-free copy of a U-Net's encoder: ``conv_in``, ``down_blocks``, ``mid_block``."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.conv_in = copy.deepcopy(unet.conv_in)
+        self.down_blocks = copy.deepcopy(unet.down_blocks)
+        self.mid_block = copy.deepcopy(unet.mid_block)
+        _strip_timestep(self)
+
+    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """(B, latent+3, h, w) -> {resolution index r: (B, C_r, h/2^r, w/2^r)}."""
+        h = self.conv_in(x)
+        feats: dict[int, torch.Tensor] = {}
+        for r, block in enumerate(self.down_blocks):
+            # every output but the downsampler's is at resolution r; keep the last one
+            h_block, res_samples = block(hidden_states=h, temb=None)
+            has_down = getattr(block, "downsamplers", None) is not None
+            feats[r] = res_samples[-2] if has_down else h_block
+            h = h_block
+        if self.mid_block is not None:
+            h = self.mid_block(h, None)
+        feats[len(self.down_blocks) - 1] = h
+        return feats
+
+
+class CrossAttentionLevel(nn.Module):
+    """Cross-attention from decoder features (+ LR features) to reference features.
+
+    Args:
+        dec_channels (`int`): channels of the decoder features ``h``.
+        feat_channels (`int`): channels of the E_LR / E_Ref features at that resolution.
+        head_dim (`int`): channels per attention head.
+        norm_groups (`int`): GroupNorm groups.
+    """
+
+    def __init__(self, dec_channels: int, feat_channels: int, head_dim: int, norm_groups: int):
+        super().__init__()
+        inner = max(head_dim, (dec_channels // head_dim) * head_dim)
+        self.heads, self.head_dim = inner // head_dim, head_dim
+        self.norm_h = nn.GroupNorm(_groups(norm_groups, dec_channels), dec_channels, eps=1e-6)
+        self.norm_lr = nn.GroupNorm(_groups(norm_groups, feat_channels), feat_channels, eps=1e-6)
+        self.norm_ref = nn.GroupNorm(_groups(norm_groups, feat_channels), feat_channels, eps=1e-6)
+        self.to_q = nn.Conv2d(dec_channels + feat_channels, inner, 1)
+        self.to_k = nn.Conv2d(feat_channels, inner, 1)
+        self.to_v = nn.Conv2d(feat_channels, inner, 1)
+        self.to_out = nn.Conv2d(inner, dec_channels, 1)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, inner, h, w) -> (N, heads, h*w, head_dim)."""
+        n = x.shape[0]
+        return x.flatten(2).transpose(1, 2).reshape(n, -1, self.heads, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, ref_feats: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B*R, C, s, s) E_Ref features -> keys, values (B, R, heads, s*s, head_dim)."""
+        x = self.norm_ref(ref_feats)
+        k, v = self._heads(self.to_k(x)), self._heads(self.to_v(x))
+        shape = (batch, -1) + k.shape[1:]
+        return k.reshape(shape), v.reshape(shape)
+
+    def forward(self, h, f_lr, keys, values, mask, aggregation: str = "mean") -> torch.Tensor:
+        """Return the update to add to ``h``: (B, C, H, W), zero where ``mask`` has no True.
+
+        Args:
+            h: (B, C, H, W) decoder features. f_lr: (B, C_f, H, W) E_LR features.
+            keys, values: (B, R, heads, N, head_dim). mask: (B, R) bool.
+        """
+        b, _, height, width = h.shape
+        q = self._heads(self.to_q(torch.cat([self.norm_h(h), self.norm_lr(f_lr)], dim=1)))
+        r = keys.shape[1]
+        if aggregation == "joint":  # one softmax over the tokens of every real reference
+            k = keys.transpose(1, 2).reshape(b, self.heads, -1, self.head_dim)
+            v = values.transpose(1, 2).reshape(b, self.heads, -1, self.head_dim)
+            tok_mask = mask[:, :, None].expand(b, r, keys.shape[3]).reshape(b, 1, 1, -1)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=tok_mask | ~mask.any(1).view(b, 1, 1, 1))
+        else:  # one attention per reference, then aggregate
+            qr = q[:, None].expand(b, r, *q.shape[1:]).reshape(b * r, *q.shape[1:])
+            o = F.scaled_dot_product_attention(qr, keys.flatten(0, 1), values.flatten(0, 1))
+            o = _aggregate(o.reshape(b, r, *o.shape[1:]), mask, aggregation)
+        o = o.transpose(1, 2).reshape(b, height * width, -1).transpose(1, 2).reshape(b, -1, height, width)
+        out = self.to_out(o)
+        return out * mask.any(dim=1).to(out.dtype).view(b, 1, 1, 1)
+
+
+def _groups(groups: int, channels: int) -> int:
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+def _aggregate(o: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Aggregate per-reference outputs (B, R, ...) over the real references (mask (B, R))."""
+    m = mask.view(*mask.shape, *([1] * (o.dim() - 2))).to(o.dtype)
+    if mode == "max":
+        filled = o.masked_fill(m == 0, torch.finfo(o.dtype).min)
+        return torch.where(mask.any(1).view(-1, *([1] * (o.dim() - 2))), filled.amax(dim=1), torch.zeros_like(o[:, 0]))
+    total = (o * m).sum(dim=1)
+    if mode == "sum":
+        return total
+    return total / m.sum(dim=1).clamp(min=1.0)
+
+
+class RefBranch(ModelMixin, ConfigMixin):
+    """E_LR, E_Ref and the decoder cross-attention levels of ``ldm-ca``.
+
+    Args:
+        unet_config (`dict`): the ``UNet2DModel`` config the branch is built for.
+        ca_levels (`list[int]`, defaults to the two lowest-resolution up blocks): up-block
+            indices after which cross-attention is added.
+        head_dim (`int`, defaults to 32): channels per attention head.
+        aggregation (`str`, defaults to ``"mean"``): one of ``mean``, ``sum``, ``max``,
+            ``joint`` (one softmax over all references' tokens: attention-weighted).
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, unet_config: dict, ca_levels: list | None = None, head_dim: int = 32, aggregation: str = "mean"):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
+        unet = UNet2DModel(**{k: v for k, v in unet_config.items() if not k.startswith("_")})
+        self._build(unet, ca_levels, head_dim)
+
+    def _build(self, unet, ca_levels, head_dim) -> None:
+        channels = list(unet.config.block_out_channels)
+        n = len(channels)
+        levels = list(range(min(2, n))) if ca_levels is None else [int(i) for i in ca_levels]
+        for i in levels:
+            if not 0 <= i < n:
+                raise ValueError(f"ca_levels: up block {i} does not exist (the U-Net has {n} up blocks: 0..{n - 1})")
+        self.levels = sorted(set(levels))
+        self.resolution = {i: level_resolutions(n)[i] for i in self.levels}
+        self.e_lr = UNetEncoder(unet)
+        self.e_ref = UNetEncoder(unet)
+        groups = unet.config.norm_num_groups
+        self.attn = nn.ModuleDict(
+            {
+                str(i): CrossAttentionLevel(channels[n - 1 - i], channels[self.resolution[i]], head_dim, groups)
+                for i in self.levels
+            }
+        )
+
+    def init_from_unet(self, unet) -> None:
+        """Copy the U-Net's encoder weights into E_LR and E_Ref (the time projections aside)."""
+        for enc in (self.e_lr, self.e_ref):
+            state = {k: v for k, v in unet.state_dict().items() if k.split(".")[0] in ("conv_in", "down_blocks", "mid_block")}
+            missing, unexpected = enc.load_state_dict({k: v for k, v in state.items() if "time_emb_proj" not in k}, strict=False)
+            if missing:
+                raise ValueError(f"U-Net does not match the reference branch: missing {missing[:3]}")
+
+    def encode_refs(self, ref_inputs: torch.Tensor, mask: torch.Tensor) -> RefContext:
+        """E_Ref on the real references, then the keys/values of every level.
+
+        Args:
+            ref_inputs: (B, R, latent+3, s, s) VQ latents || images at latent size.
+            mask: (B, R) bool.
+        """
+        b, r = mask.shape
+        feats = self.e_ref(ref_inputs[mask]) if mask.any() else None
+        keys, values = {}, {}
+        for i in self.levels:
+            level = self.attn[str(i)]
+            res = self.resolution[i]
+            if feats is None:
+                s = ref_inputs.shape[-1] // (2**res)
+                k = ref_inputs.new_zeros(b, r, level.heads, s * s, level.head_dim)
+                keys[i], values[i] = k, k
+                continue
+            f = feats[res]
+            full = f.new_zeros(b * r, *f.shape[1:])
+            full[mask.flatten()] = f
+            keys[i], values[i] = level.keys_values(full, b)
+        return RefContext(keys, values, mask)
+
+    def inject(self, i: int, h: torch.Tensor, lr_ctx: LRContext, ref_ctx: RefContext) -> torch.Tensor:
+        """``h`` after up block ``i`` plus the cross-attention update (``h`` if ``i`` has none)."""
+        if i not in self.resolution:
+            return h
+        f_lr = lr_ctx.features[self.resolution[i]]
+        if f_lr.shape[-2:] != h.shape[-2:]:
+            raise ValueError(f"LR features {tuple(f_lr.shape[-2:])} do not match decoder features {tuple(h.shape[-2:])}")
+        update = self.attn[str(i)](h, f_lr, ref_ctx.keys[i], ref_ctx.values[i], ref_ctx.mask, self.config.aggregation)
+        return h + update
