@@ -295,14 +295,15 @@ class RefSRModel(nn.Module):
             up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
             lr_context = self.encode_lr(up)
         hook = lambda i, h: self.ref_branch.inject(i, h, lr_context, ref_context)  # noqa: E731
-        return unet_forward(self.unet, x, timesteps, after_up_block=hook)
+        return unet_forward(self.unet, x, timesteps, decoder_hook=hook)
 
 
-def unet_forward(unet, sample: torch.Tensor, timestep, after_up_block=None) -> torch.Tensor:
-    """``UNet2DModel.forward`` (diffusers 0.42), step for step, with a hook after each up block.
+def unet_forward(unet, sample: torch.Tensor, timestep, decoder_hook=None) -> torch.Tensor:
+    """``UNet2DModel.forward`` (diffusers 0.42), step for step, with a hook in the decoder.
 
-    ``after_up_block(i, h) -> h`` may change the decoder features after up block ``i``.
-    With no hook (or one returning ``h``) the result equals ``unet(sample, timestep).sample``.
+    ``decoder_hook(i, h) -> h`` may change the decoder features entering up block ``i``
+    (``i = len(up_blocks)``: the output of the last up block). With no hook (or one
+    returning ``h``) the result equals ``unet(sample, timestep).sample``.
     """
     if unet.config.center_input_sample:
         sample = 2 * sample - 1.0
@@ -326,16 +327,18 @@ def unet_forward(unet, sample: torch.Tensor, timestep, after_up_block=None) -> t
     # 4. mid
     if unet.mid_block is not None:
         sample = unet.mid_block(sample, emb)
-    # 5. up, with the hook after each block
+    # 5. up, with the hook before each block and after the last
     skip_sample = None
     for i, block in enumerate(unet.up_blocks):
+        if decoder_hook is not None:
+            sample = decoder_hook(i, sample)
         res_samples, res = res[-len(block.resnets):], res[: -len(block.resnets)]
         if hasattr(block, "skip_conv"):
             sample, skip_sample = block(sample, res_samples, emb, skip_sample)
         else:
             sample = block(sample, res_samples, emb)
-        if after_up_block is not None:
-            sample = after_up_block(i, sample)
+    if decoder_hook is not None:
+        sample = decoder_hook(len(unet.up_blocks), sample)
     # 6. post-process
     sample = unet.conv_out(unet.conv_act(unet.conv_norm_out(sample)))
     if skip_sample is not None:

@@ -10,7 +10,9 @@ Layout (DESIGN.md, section Model; departures in docs/architecture.md):
 * Each encoder yields one feature map per resolution of the U-Net (resolution ``r`` is
   the latent size divided by ``2**r``): the last down-block output before that block's
   downsampler, and the mid block's output at the lowest resolution.
-* After each chosen up block ``i`` (``ca_levels``) the decoder features ``h`` attend to
+* At each chosen decoder position ``i`` (``ca_levels``: the features entering up block
+  ``i``, i.e. after up block ``i - 1``; ``i = 0`` is the mid block's output and
+  ``i = len(up_blocks)`` the output of the last up block) the decoder features ``h`` attend to
   the references: query from ``[norm(h) || f_LR]`` (1x1 projection), key/value from each
   reference's features at the same resolution, one ``scaled_dot_product_attention`` per
   reference, aggregation over the real references, zero-initialised output projection,
@@ -70,9 +72,15 @@ def _strip_timestep(module: nn.Module) -> None:
 
 
 def level_resolutions(num_levels: int) -> list[int]:
-    """Resolution index of the output of each up block: up block ``i`` of ``n`` ends at
-    resolution ``n - 2 - i`` (it upsamples), the last one at resolution 0."""
-    return [max(num_levels - 2 - i, 0) for i in range(num_levels)]
+    """Resolution index of each decoder position ``i`` in 0..n (the features entering up
+    block ``i``; ``n`` = after the last one): ``max(n - 1 - i, 0)``."""
+    return [max(num_levels - 1 - i, 0) for i in range(num_levels + 1)]
+
+
+def level_channels(channels: list[int]) -> list[int]:
+    """Decoder channels at each position 0..n for a U-Net with ``block_out_channels``."""
+    n = len(channels)
+    return [channels[-1]] + [channels[n - i] for i in range(1, n)] + [channels[0]]
 
 
 class UNetEncoder(nn.Module):
@@ -185,8 +193,9 @@ class RefBranch(ModelMixin, ConfigMixin):
 
     Args:
         unet_config (`dict`): the ``UNet2DModel`` config the branch is built for.
-        ca_levels (`list[int]`, defaults to the two lowest-resolution up blocks): up-block
-            indices after which cross-attention is added.
+        ca_levels (`list[int]`, defaults to ``[0, 1]``): decoder positions with
+            cross-attention (0 = entering up block 0, at the lowest resolution; ``n`` =
+            after the last up block).
         head_dim (`int`, defaults to 32): channels per attention head.
         aggregation (`str`, defaults to ``"mean"``): one of ``mean``, ``sum``, ``max``,
             ``joint`` (one softmax over all references' tokens: attention-weighted).
@@ -209,8 +218,8 @@ class RefBranch(ModelMixin, ConfigMixin):
         n = len(channels)
         levels = list(range(min(2, n))) if ca_levels is None else [int(i) for i in ca_levels]
         for i in levels:
-            if not 0 <= i < n:
-                raise ValueError(f"ca_levels: up block {i} does not exist (the U-Net has {n} up blocks: 0..{n - 1})")
+            if not 0 <= i <= n:
+                raise ValueError(f"ca_levels: position {i} does not exist (the U-Net has {n} up blocks: positions 0..{n})")
         self.levels = sorted(set(levels))
         self.resolution = {i: level_resolutions(n)[i] for i in self.levels}
         self.e_lr = UNetEncoder(unet)
@@ -218,7 +227,7 @@ class RefBranch(ModelMixin, ConfigMixin):
         groups = unet.config.norm_num_groups
         self.attn = nn.ModuleDict(
             {
-                str(i): CrossAttentionLevel(channels[n - 1 - i], channels[self.resolution[i]], head_dim, groups)
+                str(i): CrossAttentionLevel(level_channels(channels)[i], channels[self.resolution[i]], head_dim, groups)
                 for i in self.levels
             }
         )
@@ -256,7 +265,7 @@ class RefBranch(ModelMixin, ConfigMixin):
         return RefContext(keys, values, mask)
 
     def inject(self, i: int, h: torch.Tensor, lr_ctx: LRContext, ref_ctx: RefContext) -> torch.Tensor:
-        """``h`` after up block ``i`` plus the cross-attention update (``h`` if ``i`` has none)."""
+        """``h`` at decoder position ``i`` plus the cross-attention update (``h`` if ``i`` has none)."""
         if i not in self.resolution:
             return h
         f_lr = lr_ctx.features[self.resolution[i]]
