@@ -1,12 +1,83 @@
-"""`refsr sample` (placeholder until its issue lands)."""
+"""`refsr sample`: restore LR images (with references) into HR images."""
+
+from __future__ import annotations
 
 import click
 
-from .common import not_implemented
+from .common import device_option, overwrite_option, report, seed_option, shard_option, warn
+
+SAMPLER_CHOICES = ("ddim", "dpmpp", "ddpm")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+COLOR_FIX_CHOICES = ("none", "wavelet", "adain")
 
 
-@click.command("sample", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def sample(args):
-    """Not implemented yet: exits with code 2."""
-    not_implemented("sample")
+@click.command("sample")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder: <stem><suffix>.png per input, plus run.json.")
+@click.option("--model", default=None, metavar="DIR|NAME",
+              help="Model folder from `refsr train`, any diffusers LDM-SR folder, or a Hugging Face "
+              "repo id (looked up in the HF cache, downloaded only with network). Default: the shipped model.")
+@click.option("--refs", multiple=True, type=click.Path(exists=True),
+              help="Reference image file or folder used for every input (repeatable); the centred "
+              "square of each image is resized to the model's reference size.")
+@click.option("--matches", type=click.Path(exists=True, dir_okay=False),
+              help="matches.jsonl from `refsr match`: each input gets its own fragments (boxes cropped "
+              "from the reference images), found by pair id, query path or file stem.")
+@click.option("--max-refs", type=click.IntRange(min=0), default=None,
+              help="At most this many fragments per image (default: the model's max_refs).")
+@click.option("--sampler", type=click.Choice(SAMPLER_CHOICES), default="ddim", show_default=True,
+              help="ddim (DDIM), dpmpp (DPM-Solver++ 2M) or ddpm (ancestral).")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps.")
+@click.option("--eta", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="DDIM eta (0 = deterministic DDIM); other samplers ignore it.")
+@seed_option
+@click.option("--tile", type=click.IntRange(min=0), default=128, show_default=True,
+              help="Tile size in input (LR) pixels; larger inputs are restored in overlapping tiles "
+              "blended at every step (0 = never tile). 128 LR px = 512 HR px at x4.")
+@click.option("--tile-overlap", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Overlap of neighbouring tiles in input pixels.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tiles per U-Net/decoder call (more = faster on GPU, more memory).")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
+              help="Autocast precision (fp16 on CUDA only).")
+@click.option("--color-fix", type=click.Choice(COLOR_FIX_CHOICES), default="none", show_default=True,
+              help="Match the output's low-frequency colour to the bicubic-upsampled input.")
+@click.option("--outscale", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Final scale relative to the input (LANCZOS resize); default: the model's scale.")
+@click.option("--suffix", default="_sr", show_default=True, help="Appended to each output's stem.")
+@shard_option
+@overwrite_option
+@device_option
+def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta, seed, tile, tile_overlap,
+           batch_size, precision, color_fix, outscale, suffix, shard, overwrite, device):
+    """Restore LR images with a latent diffusion model, guided by reference images.
+
+    Reads LR image files, folders or pair manifests (INPUTS; a manifest contributes its
+    `lr` images), a model folder, and optionally reference images (--refs) or per-input
+    fragments (--matches). Writes OUT/<stem><suffix>.png for each input (same bit depth,
+    gray stays gray, alpha upsampled) and OUT/run.json (model, sampler, steps, seed,
+    precision, tiling and the references used for each image). Existing outputs are
+    skipped unless --overwrite; the same seed, device and precision give the same bytes.
+
+    \b
+    Examples:
+      refsr sample --model runs/x/model lr/ -o out/ --matches matches.jsonl
+      refsr sample --model runs/x/model photo.png --refs my_refs/ -o out/ --color-fix wavelet
+      refsr sample --model CompVis/ldm-super-resolution-4x-openimages lr/ -o out/ --steps 100
+      refsr sample --model runs/x/model pairs/manifest.jsonl -o out/ --shard 0/4
+    """
+    from refsr.sample import SampleSettings, sample_files
+
+    if tile and tile_overlap >= tile:
+        raise click.BadParameter(f"{tile_overlap} must be smaller than --tile ({tile})", param_hint="--tile-overlap")
+    settings = SampleSettings(sampler=sampler, steps=steps, eta=eta, tile=tile, tile_overlap=tile_overlap,
+                              batch_size=batch_size, precision=precision, color_fix=color_fix)
+    summary = sample_files(inputs, out_dir, model=model, refs=refs, matches=matches, settings=settings, seed=seed,
+                           device=device, outscale=outscale, suffix=suffix, shard=shard, overwrite=overwrite,
+                           max_refs=max_refs)
+    for message in summary.warnings:
+        warn(message)
+    if summary.skipped:
+        report(f"skipped {len(summary.skipped)} existing output(s) (use --overwrite to redo them)")
+    report(f"wrote {len(summary.written)} image(s) to {out_dir} in {summary.seconds:.1f} s; settings in {summary.run_json}")

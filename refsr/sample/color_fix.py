@@ -1,0 +1,75 @@
+"""Colour correction of a restored image against its upsampled input.
+
+Diffusion SR can drift in colour (the VQ latent and the sampler do not pin the low
+frequencies). StableSR (Wang et al. 2023, Sec. 3.4) and SUPIR fix this after sampling:
+
+- ``wavelet``: keep the output's high-frequency bands and take the low-frequency band of
+  the bicubic-upsampled input (an a-trous wavelet decomposition, 5 levels of a dilated
+  3x3 binomial blur).
+- ``adain``: shift and scale each colour channel of the output to the input's mean and
+  standard deviation (AdaIN, Huang & Belongie 2017).
+"""
+
+from __future__ import annotations
+
+COLOR_FIXES = ("none", "wavelet", "adain")
+
+
+def _binomial_blur(image, dilation: int):
+    """(B, C, H, W) float -> same, blurred by a 3x3 binomial kernel with ``dilation``
+    (replicate padding, so the borders keep their colour)."""
+    import torch
+    import torch.nn.functional as F
+
+    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=image.dtype, device=image.device)
+    kernel = (k1[:, None] * k1[None, :]).expand(image.shape[1], 1, 3, 3)
+    padded = F.pad(image, (dilation,) * 4, mode="replicate")
+    return F.conv2d(padded, kernel, groups=image.shape[1], dilation=dilation)
+
+
+def wavelet_decompose(image, levels: int = 5):
+    """A-trous wavelet split of (B, C, H, W) ``image`` into ``(high, low)``, with
+    ``high + low == image``; level i blurs with dilation 2**i."""
+    high = image.new_zeros(image.shape)
+    low = image
+    for i in range(levels):
+        blurred = _binomial_blur(low, 2**i)
+        high = high + (low - blurred)
+        low = blurred
+    return high, low
+
+
+def wavelet_color_fix(output, reference, levels: int = 5):
+    """The high frequencies of ``output`` plus the low frequencies of ``reference``.
+
+    Args:
+        output, reference: (B, 3, H, W) float tensors of the same shape and range.
+    """
+    high, _ = wavelet_decompose(output, levels)
+    _, low = wavelet_decompose(reference, levels)
+    return high + low
+
+
+def adain_color_fix(output, reference, eps: float = 1e-5):
+    """Per-channel mean/std of ``output`` matched to ``reference`` (both (B, 3, H, W))."""
+    mu_o, sd_o = output.mean(dim=(2, 3), keepdim=True), output.std(dim=(2, 3), keepdim=True)
+    mu_r, sd_r = reference.mean(dim=(2, 3), keepdim=True), reference.std(dim=(2, 3), keepdim=True)
+    return (output - mu_o) / (sd_o + eps) * sd_r + mu_r
+
+
+def apply_color_fix(output, reference, method: str = "none"):
+    """Apply ``method`` (``none``, ``wavelet`` or ``adain``) to (B, 3, H, W) ``output``
+    using the bicubic-upsampled input ``reference`` of the same shape; float32 in [-1, 1]
+    in and out (clamped).
+
+    Raises:
+        ValueError: unknown ``method``, naming the allowed set.
+    """
+    if method not in COLOR_FIXES:
+        raise ValueError(f"unknown color fix {method!r}; expected one of {', '.join(COLOR_FIXES)}")
+    if method == "none":
+        return output
+    if output.shape != reference.shape:
+        raise ValueError(f"color fix needs equal shapes, got {tuple(output.shape)} and {tuple(reference.shape)}")
+    fixed = wavelet_color_fix(output, reference) if method == "wavelet" else adain_color_fix(output, reference)
+    return fixed.clamp(-1.0, 1.0)

@@ -1,0 +1,281 @@
+"""Restoring one image tensor: padding, contexts, (tiled) denoising, (tiled) decoding.
+
+The numbered steps follow LDM-SR sampling (Rombach et al. 2022, Sec. 4.4; diffusers'
+``LDMSuperResolutionPipeline``): the LR image in [-1, 1] is concatenated to the noisy
+latent, no latent scaling factor, ``vqvae.decode`` then clamp. On top of it: the LR and
+reference contexts of ``ldm-ca`` are computed once and reused at every step, and large
+inputs are tiled in latent space (:mod:`refsr.sample.tiling`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from .color_fix import COLOR_FIXES, apply_color_fix
+from .samplers import SAMPLERS, denoise, make_scheduler
+from .tiling import Tile, blend_tiles, blend_weights, lr_multiple, pad_to_multiple, tile_grid
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class SampleSettings:
+    """How to sample. ``tile``/``tile_overlap`` are in input (LR) pixels; ``tile=0`` never
+    tiles. ``batch_size`` is the number of tiles per U-Net / decoder call.
+    ``cache_context=False`` recomputes the LR/reference contexts at every step (tests)."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    tile: int = 128
+    tile_overlap: int = 16
+    batch_size: int = 1
+    precision: str = "fp32"
+    color_fix: str = "none"
+    cache_context: bool = True
+
+    def check(self) -> None:
+        """Raises ValueError naming a bad value and the allowed set."""
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.color_fix not in COLOR_FIXES:
+            raise ValueError(f"unknown color fix {self.color_fix!r}; expected one of {', '.join(COLOR_FIXES)}")
+        if self.steps < 1 or self.batch_size < 1 or self.tile < 0 or self.tile_overlap < 0:
+            raise ValueError("steps and batch size must be >= 1, tile and tile overlap >= 0")
+        if self.tile and self.tile_overlap >= self.tile:
+            raise ValueError(f"tile overlap {self.tile_overlap} must be smaller than the tile {self.tile}")
+
+
+# ---------------------------------------------------------------------------------------
+# Model geometry and precision
+# ---------------------------------------------------------------------------------------
+
+
+def model_factors(model) -> tuple[int, int, int]:
+    """``(scale, vq_factor, unet_factor)``: SR factor, VQ downsampling, U-Net downsampling."""
+    vq = 2 ** (len(model.vqvae.config.block_out_channels) - 1)
+    unet = 2 ** (len(model.unet.config.down_block_types) - 1)
+    return int(model.scale), vq, unet
+
+
+def autocast_for(device, precision: str):
+    """An autocast context for ``precision`` on ``device`` (a no-op for fp32).
+
+    Raises:
+        ValueError: fp16 on CPU (not supported there; use bf16 or fp32).
+    """
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("precision fp16 is not supported on CPU; use --precision bf16 or fp32")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Batching model contexts (LRContext / RefContext are dataclasses of tensors)
+# ---------------------------------------------------------------------------------------
+
+
+def tree_map(fn: Callable, obj):
+    """Apply ``fn`` to every tensor inside dataclasses, dicts, lists and tuples."""
+    import torch
+
+    if obj is None:
+        return None
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return type(obj)(**{f.name: tree_map(fn, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init})
+    if isinstance(obj, dict):
+        return {k: tree_map(fn, v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tree_map(fn, v) for v in obj)
+    return obj
+
+
+def tree_cat(items: list):
+    """Concatenate a list of same-structured contexts along the batch axis."""
+    import torch
+
+    first = items[0]
+    if first is None:
+        return None
+    if len(items) == 1:
+        return first
+    if isinstance(first, torch.Tensor):
+        return torch.cat(items, dim=0)
+    if dataclasses.is_dataclass(first):
+        names = [f.name for f in dataclasses.fields(first) if f.init]
+        return type(first)(**{n: tree_cat([getattr(it, n) for it in items]) for n in names})
+    if isinstance(first, dict):
+        return {k: tree_cat([it[k] for it in items]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(tree_cat(list(vs)) for vs in zip(*items))
+    return first
+
+
+def tree_repeat(obj, n: int):
+    """A batch-1 context repeated to batch ``n`` (a view; no copy)."""
+    if obj is None or n == 1:
+        return obj
+    return tree_map(lambda t: t.expand(n, *t.shape[1:]) if t.dim() > 0 and t.shape[0] == 1 else t, obj)
+
+
+# ---------------------------------------------------------------------------------------
+# One image
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Canvas:
+    """The geometry of one image: padded LR, upsampled LR, latent size and tiles."""
+
+    lr: object  # (1, 3, Hp, Wp) padded LR in [-1, 1]
+    lr_up: object  # (1, 3, Hp*s, Wp*s) bicubic upsampling of ``lr``, clamped to [-1, 1]
+    size: tuple[int, int]  # original LR (H, W)
+    latent: tuple[int, int, int]  # (C, h, w)
+    tiles: list[Tile] | None  # latent tiles, None = untiled
+    lr_per_latent: float  # LR pixels per latent pixel (vq_factor / scale)
+    vq: int
+
+
+def _plan(model, lr, settings: SampleSettings, force_tiles: bool = False) -> _Canvas:
+    """Step 1: pad the LR to what the model needs, upsample it, lay out the tiles."""
+    import torch.nn.functional as F
+
+    scale, vq, unet = model_factors(model)
+    lr_pad, size = pad_to_multiple(lr, lr_multiple(scale, vq, unet))
+    lr_up = F.interpolate(lr_pad, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+    hl, wl = lr_pad.shape[-2] * scale // vq, lr_pad.shape[-1] * scale // vq
+    tiles = None
+    if settings.tile and (force_tiles or max(size) > settings.tile):
+        align = scale // math.gcd(scale, vq)
+        step = unet * align // math.gcd(unet, align)
+        tile_l = max(step, settings.tile * scale // vq // step * step)
+        overlap_l = min(settings.tile_overlap * scale // vq, tile_l - 1)
+        tiles = tile_grid(hl, wl, tile_l, overlap_l, align)
+    return _Canvas(lr_pad, lr_up, size, (model.vqvae.config.latent_channels, hl, wl), tiles, vq / scale, vq)
+
+
+def _lr_tile(canvas: _Canvas, tile: Tile | None):
+    """The padded-LR pixels and the upsampled-LR (HR) pixels under a latent ``tile``."""
+    if tile is None:
+        return canvas.lr, canvas.lr_up
+    f = canvas.lr_per_latent
+    y0, x0, y1, x1 = (round(v * f) for v in (tile.y, tile.x, tile.y + tile.h, tile.x + tile.w))
+    hr = tile.scaled(canvas.vq)
+    ys, xs = hr.slices()
+    return canvas.lr[:, :, y0:y1, x0:x1], canvas.lr_up[:, :, ys, xs]
+
+
+def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSettings):
+    """Steps 2-3: contexts (once, unless ``cache_context`` is off) and ``eps_fn(x, t)``."""
+    use_refs = getattr(model, "kind", "ldm") == "ldm-ca" and refs is not None and bool(ref_mask.any())
+    tiles = canvas.tiles or [None]
+
+    def contexts(k):
+        if not use_refs:
+            return None, None
+        return model.encode_lr(_lr_tile(canvas, tiles[k])[1]), model.encode_references(refs, ref_mask)
+
+    cached = [contexts(k) for k in range(len(tiles))] if settings.cache_context else None
+
+    def predict(x, t, idx):
+        ctx = [cached[k] if cached is not None else contexts(k) for k in idx]
+        n = len(idx)
+        lr = tree_cat([_lr_tile(canvas, tiles[k])[0] for k in idx])
+        ref_ctx = tree_repeat(ctx[0][1], n)
+        lr_ctx = tree_cat([c[0] for c in ctx])
+        return model(x, t.reshape(1).expand(n), lr, lr_context=lr_ctx, ref_context=ref_ctx).float()
+
+    if canvas.tiles is None:
+        return lambda x, t: predict(x, t, [0])
+    weights = blend_weights(canvas.tiles, canvas.latent[1], canvas.latent[2], _ramp(settings, canvas), device=canvas.lr.device)
+
+    def eps_tiled(x, t):
+        import torch
+
+        fn = lambda idx: predict(torch.cat([x[:, :, canvas.tiles[k].slices()[0], canvas.tiles[k].slices()[1]] for k in idx]), t, idx)
+        return blend_tiles(fn, x.shape, canvas.tiles, weights, settings.batch_size, device=x.device)
+
+    return eps_tiled
+
+
+def _ramp(settings: SampleSettings, canvas: _Canvas) -> int:
+    """Blending ramp length in latent pixels: the requested overlap, at least 1."""
+    return max(1, round(settings.tile_overlap / canvas.lr_per_latent))
+
+
+def _decode(model, x, canvas: _Canvas, settings: SampleSettings):
+    """Step 5: VQ decoding, tiled with the latent grid (blended in HR pixels) if tiled."""
+    import torch
+
+    if canvas.tiles is None:
+        return model.decode(x).float()
+    hr_tiles = [t.scaled(canvas.vq) for t in canvas.tiles]
+    h, w = x.shape[-2] * canvas.vq, x.shape[-1] * canvas.vq
+    weights = blend_weights(hr_tiles, h, w, _ramp(settings, canvas) * canvas.vq, device=x.device)
+    fn = lambda idx: model.decode(torch.cat([x[:, :, canvas.tiles[k].slices()[0], canvas.tiles[k].slices()[1]] for k in idx]))
+    return blend_tiles(fn, (x.shape[0], 3, h, w), hr_tiles, weights, settings.batch_size, device=x.device)
+
+
+def restore_tensor(
+    model,
+    lr,
+    refs=None,
+    ref_mask=None,
+    settings: SampleSettings | None = None,
+    generator=None,
+    callback: Callable | None = None,
+    disable: bool | None = None,
+    force_tiles: bool = False,
+):
+    """Super-resolve one LR image with ``model`` (a ``RefSRModel``).
+
+    Args:
+        lr (`torch.Tensor`): (1, 3, H, W) float32 in [-1, 1], on the model's device.
+        refs (`torch.Tensor`, *optional*): (1, R, 3, S, S) float32 in [-1, 1], S = ``model.ref_size``.
+        ref_mask (`torch.Tensor`, *optional*): (1, R) bool, True for real references.
+        settings (`SampleSettings`): sampler, steps, eta, tiling, precision, colour fix.
+        generator (`torch.Generator`, *optional*): the initial noise is drawn from it for
+            the whole latent canvas at once (on the generator's device, then moved), so a
+            tile's noise depends on its position only; the stochastic samplers draw from it too.
+        callback, disable: see :func:`refsr.sample.samplers.denoise`.
+        force_tiles (`bool`): take the tiled path even for an image that fits one tile.
+
+    Returns:
+        `torch.Tensor`: (1, 3, H*scale, W*scale) float32 in [-1, 1].
+    """
+    import torch
+
+    settings = settings or SampleSettings()
+    settings.check()
+    device = next(model.parameters()).device
+    if refs is not None and ref_mask is None:
+        ref_mask = torch.ones(refs.shape[:2], dtype=torch.bool, device=device)
+    with torch.no_grad(), autocast_for(device, settings.precision):
+        # 1. geometry; 2. x_T ~ N(0, I) for the whole canvas
+        canvas = _plan(model, lr.float(), settings, force_tiles)
+        gen_device = generator.device if generator is not None else "cpu"
+        noise = torch.randn((1, *canvas.latent), generator=generator, device=gen_device, dtype=torch.float32).to(device)
+        # 3. contexts and noise prediction; 4. the sampler's loop
+        eps_fn = _make_eps_fn(model, canvas, refs, ref_mask, settings)
+        scheduler = make_scheduler(settings.sampler, model.scheduler_config)
+        x = denoise(eps_fn, noise, scheduler, settings.steps, settings.eta, generator, callback, disable)
+        # 5. decode, crop the padding away, 6. colour fix against the upsampled input
+        image = _decode(model, x, canvas, settings).clamp(-1.0, 1.0)
+    s = model_factors(model)[0]
+    h, w = canvas.size[0] * s, canvas.size[1] * s
+    image, up = image[:, :, :h, :w], canvas.lr_up[:, :, :h, :w]
+    return apply_color_fix(image.float(), up.float(), settings.color_fix)

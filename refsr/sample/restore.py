@@ -1,0 +1,294 @@
+"""The ``sample`` stage: LR files in, restored PNG files and ``run.json`` out.
+
+For each input ``x.png`` it writes ``OUT/x<suffix>.png`` in the input's form (bit depth,
+gray, alpha upsampled), then records the run in ``OUT/run.json``. A rerun skips outputs
+that exist (unless ``overwrite``); ``shard=(K, N)`` processes every N-th input from K, and
+since each image's noise is seeded from ``(seed, stem)`` the shards of a run together
+give the same bytes as one unsharded run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import InputError, RefSRError
+from ..io import Image, list_images, read_image, read_json, read_pair_manifest, select_shard, write_json, write_like
+from ..progress import progress
+from .core import SampleSettings, restore_tensor
+from .references import Fragment, MatchTable, load_global_refs, load_match_refs
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "refsr.sample/1"
+
+
+@dataclass
+class InputItem:
+    """One LR input: its path and, if it came from a pair manifest, the pair id."""
+
+    path: Path
+    pair_id: str | None = None
+
+
+@dataclass
+class SampleSummary:
+    """What a ``sample`` run did (returned to the CLI for its report)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    run_json: Path | None = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def collect_inputs(inputs) -> list[InputItem]:
+    """Expand LR files, folders and pair manifests (their ``lr`` images) into items.
+
+    Raises:
+        InputError: a missing path, a non-image file, or nothing found (named).
+    """
+    items: list[InputItem] = []
+    for entry in inputs:
+        path = Path(entry)
+        if path.suffix.lower() == ".jsonl":
+            items.extend(InputItem(Path(r["lr_path"]), str(r["id"])) for r in read_pair_manifest(path))
+        else:
+            items.extend(InputItem(p) for p in list_images([path]))
+    seen, unique = set(), []
+    for item in items:
+        if item.path.resolve() not in seen:
+            seen.add(item.path.resolve())
+            unique.append(item)
+    if not unique:
+        raise InputError(f"no images found in {', '.join(str(i) for i in inputs)}")
+    return unique
+
+
+def output_paths(items: list[InputItem], out_dir: Path, suffix: str) -> list[Path]:
+    """``OUT/<stem><suffix>.png`` for each item.
+
+    Raises:
+        InputError: two inputs with the same stem (their outputs would collide), naming both.
+    """
+    taken: dict[str, Path] = {}
+    outs = []
+    for item in items:
+        name = f"{item.path.stem}{suffix}.png"
+        if name in taken:
+            raise InputError(f"{item.path} and {taken[name]} would both be written to {out_dir / name}; rename one")
+        taken[name] = item.path
+        outs.append(out_dir / name)
+    return outs
+
+
+def _to_tensor(rgb: np.ndarray, device):
+    """(H, W, 3) float32 in [0, 1] -> (1, 3, H, W) float32 in [-1, 1] on ``device``."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device) * 2.0 - 1.0
+
+
+def _refs_tensor(frags: list[Fragment], device):
+    """Fragments -> (1, R, 3, S, S) float32 in [-1, 1], or None for no fragments."""
+    import torch
+
+    if not frags:
+        return None
+    return torch.stack([_to_tensor(f.pixels, device)[0] for f in frags])[None]
+
+
+def outscale_image(rgb: np.ndarray, lr_size: tuple[int, int], outscale: float | None) -> np.ndarray:
+    """Resize (H, W, 3) ``rgb`` to ``round(lr_size * outscale)`` with LANCZOS (no-op if None
+    or already that size)."""
+    if outscale is None:
+        return rgb
+    h, w = (max(1, round(s * outscale)) for s in lr_size)
+    if (h, w) == rgb.shape[:2]:
+        return rgb
+    return np.clip(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LANCZOS4), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# run.json
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` (concurrent shards merging run.json)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def update_run_json(out_dir: Path, settings: dict, images: dict[str, dict]) -> Path:
+    """Merge this run's ``images`` records into ``OUT/run.json`` (under a lock, written
+    atomically). Records of earlier runs for other outputs are kept; the top-level
+    settings are this run's, and a change of settings is logged as a warning."""
+    path = out_dir / "run.json"
+    with _locked(out_dir / ".run.json.lock"):
+        old = read_json(path) if path.is_file() else {}
+        previous = {k: v for k, v in old.items() if k not in ("images", "format")}
+        changed = sorted(k for k in settings if k in previous and previous[k] != settings[k] and k != "device")
+        if changed and images:
+            log.warning("%s: settings differ from the earlier run (%s); earlier outputs were kept", path, ", ".join(changed))
+        merged = dict(old.get("images", {}))
+        merged.update(images)
+        write_json(path, {"format": RUN_FORMAT, **settings, "images": dict(sorted(merged.items()))})
+    return path
+
+
+def _run_settings(model_name: str, model, settings: SampleSettings, seed: int, device, extra: dict) -> dict:
+    s = asdict(settings)
+    s.pop("cache_context", None)
+    return {"model": model_name, "kind": model.kind, "scale": model.scale, **s, "seed": int(seed),
+            "device": str(device), **extra}
+
+
+def _relative(path: Path, out_dir: Path) -> str:
+    from ..io import relative_path
+
+    return relative_path(out_dir / "run.json", path)
+
+
+# ---------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------
+
+
+class _References:
+    """Chooses each input's fragments: ``--refs`` for all, or its ``--matches`` record."""
+
+    def __init__(self, model, refs, matches, max_refs, warnings: list[str]):
+        self.size = int(model.ref_size)
+        self.max_refs = max_refs if max_refs is not None else int(getattr(model, "max_refs", 10))
+        self.table = MatchTable.read(matches) if matches else None
+        self.global_refs = load_global_refs(list(refs), self.size, self.max_refs) if refs else []
+        self.use = model.kind == "ldm-ca"
+        self.unmatched: list[str] = []
+        if not self.use and (refs or matches):
+            warnings.append("model kind 'ldm' has no reference branch: the references are ignored")
+        if self.use and not (refs or matches):
+            warnings.append("model kind 'ldm-ca' given no references (--refs/--matches): the branch adds nothing")
+
+    def for_item(self, item: InputItem) -> list[Fragment]:
+        if not self.use:
+            return []
+        if self.table is None:
+            return self.global_refs
+        record = self.table.lookup(item.path, item.pair_id)
+        if record is None:
+            self.unmatched.append(str(item.path))
+        return self.global_refs + load_match_refs(record, self.size, self.max_refs)
+
+
+def _restore_one(model, item: InputItem, image: Image, frags, settings, seed, device, outscale):
+    """Restore one decoded image; returns (H', W', 3) float32 in [0, 1]."""
+    import torch
+
+    from ..seeding import torch_generator_for
+
+    generator = torch_generator_for(seed, item.path.stem)
+    lr = _to_tensor(image.rgb, device)
+    refs = _refs_tensor(frags, device)
+    try:
+        out = restore_tensor(model, lr, refs, settings=settings, generator=generator)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise RefSRError(
+            f"{item.path}: CUDA out of memory at {image.width}x{image.height} px; use a smaller --tile "
+            f"(now {settings.tile}; e.g. 64) or a smaller --batch-size (now {settings.batch_size})"
+        ) from None
+    rgb = ((out[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+    return outscale_image(rgb, (image.height, image.width), outscale)
+
+
+def sample_files(
+    inputs,
+    out_dir,
+    model=None,
+    refs=(),
+    matches=None,
+    settings: SampleSettings | None = None,
+    seed: int = 0,
+    device="auto",
+    outscale: float | None = None,
+    suffix: str = "_sr",
+    shard=None,
+    overwrite: bool = False,
+    max_refs: int | None = None,
+) -> SampleSummary:
+    """Restore LR images into ``out_dir`` (see the module docstring).
+
+    Args:
+        inputs: LR image files, folders, or pair manifests (``.jsonl``, their ``lr`` images).
+        model: a model folder, a Hugging Face repo id, a loaded ``RefSRModel``, or None for
+            the shipped default model.
+        refs: reference files/folders used for every input (centre square of each image).
+        matches: a ``matches.jsonl`` giving each input its own fragments.
+        settings: sampler, steps, tiling, precision, colour fix (:class:`SampleSettings`).
+        seed: each image's noise comes from ``(seed, input stem)``.
+        outscale: final scale relative to the input (LANCZOS); None keeps the model's scale.
+        shard: ``(K, N)``: only every N-th input, from K.
+        max_refs: at most this many fragments per image (default: the model's ``max_refs``).
+
+    Raises:
+        InputError: unreadable inputs or references, bad manifests, colliding outputs (named).
+        MissingWeightsError: the model cannot be found offline.
+    """
+    from ..device import resolve_device
+    from .loading import load_model
+
+    settings = settings or SampleSettings()
+    settings.check()
+    start, out_dir, summary = time.perf_counter(), Path(out_dir), SampleSummary()
+    device = resolve_device(device) if isinstance(device, str) else device
+    items = select_shard(collect_inputs(inputs), shard)
+    outs = output_paths(items, out_dir, suffix)
+    if isinstance(model, (str, Path)) or model is None:
+        model, model_path = load_model(model, device)
+        model_name = str(model_path)
+    else:
+        model, model_name = model.to(device).eval(), getattr(model, "name_or_path", type(model).__name__)
+    chooser = _References(model, refs, matches, max_refs, summary.warnings)
+    records = {}
+    for item, out_path in progress(list(zip(items, outs)), desc="images", unit="img"):
+        if out_path.exists() and not overwrite:
+            summary.skipped.append(out_path)
+            continue
+        t0 = time.perf_counter()
+        image = read_image(item.path)
+        frags = chooser.for_item(item)
+        rgb = _restore_one(model, item, image, frags, settings, seed, device, outscale)
+        write_like(out_path, rgb, image)
+        summary.written.append(out_path)
+        records[out_path.name] = {
+            "input": _relative(item.path, out_dir), "pair_id": item.pair_id,
+            "size": [image.width, image.height], "output_size": [rgb.shape[1], rgb.shape[0]],
+            "refs": [dict(f.record(), path=_relative(f.path, out_dir)) for f in frags],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+    if chooser.unmatched:
+        summary.warnings.append(f"{len(chooser.unmatched)} input(s) have no record in {matches} and ran without "
+                                f"references: {', '.join(chooser.unmatched[:5])}")
+    extra = {"outscale": outscale, "suffix": suffix, "refs": [str(r) for r in refs],
+             "matches": str(matches) if matches else None}
+    summary.run_json = update_run_json(out_dir, _run_settings(model_name, model, settings, seed, device, extra), records)
+    summary.seconds = time.perf_counter() - start
+    return summary
