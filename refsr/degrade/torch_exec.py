@@ -72,7 +72,7 @@ def resize(x, size: tuple[int, int], mode: str):
     if mode == "area":
         ry = _area_matrix(x.shape[2], h, x.device, x.dtype)
         rx = _area_matrix(x.shape[3], w, x.device, x.dtype)
-        return torch.einsum("oh,bchw,pw->bcop", ry, x, rx)
+        return torch.matmul(torch.matmul(ry, x), rx.T)  # two matmuls: no (o, h, w) intermediate
     if mode not in ("bilinear", "bicubic"):
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {ops.RESIZE_MODES}")
     return F.interpolate(x, size=(h, w), mode=mode, align_corners=False)
@@ -89,7 +89,8 @@ def _poisson_field(x, generator):
     import torch
 
     q = torch.clamp(torch.round(x * 255.0), 0, 255)
-    vals = float(2 ** math.ceil(math.log2(int(torch.unique(q).numel()))))
+    levels = int(torch.count_nonzero(torch.bincount(q.flatten().long(), minlength=256)))
+    vals = float(2 ** math.ceil(math.log2(levels)))
     q = q / 255.0
     return torch.poisson(q * vals, generator=generator) / vals - q
 
@@ -139,12 +140,17 @@ def _dct_matrix(device, dtype):
 
 
 def _code_plane(plane, table, d):
-    """Quantise (N, H, W) (H, W multiples of 8, level-shifted) in the 8x8 DCT domain and back."""
+    """Quantise (N, H, W) (H, W multiples of 8, level-shifted) in the 8x8 DCT domain and back.
+    The 2-D DCT D B D^T of every block is one (64, 64) matmul with kron(D, D)."""
+    import torch
+
     n, h, w = plane.shape
-    blocks = plane.reshape(n, h // 8, 8, w // 8, 8).transpose(2, 3)
-    coef = d @ blocks @ d.T
-    coef = (coef / table).round() * table
-    return (d.T @ coef @ d).transpose(2, 3).reshape(n, h, w)
+    blocks = plane.reshape(n, h // 8, 8, w // 8, 8).transpose(2, 3).reshape(-1, 64)
+    dd = torch.kron(d, d)
+    coef = blocks @ dd.T
+    table = table.reshape(64)
+    coef = torch.round(coef / table) * table
+    return (coef @ dd).reshape(n, h // 8, w // 8, 8, 8).transpose(2, 3).reshape(n, h, w)
 
 
 def jpeg(x, quality: int):
@@ -266,5 +272,5 @@ def _matlab_bicubic(x, scale: int):
     h, w = x.shape[2:]
     ry = torch.from_numpy(ops.matlab_bicubic_weights(h, h // scale)).to(x)
     rx = torch.from_numpy(ops.matlab_bicubic_weights(w, w // scale)).to(x)
-    out = torch.einsum("oh,bchw,pw->bcop", ry, x, rx)
+    out = torch.matmul(torch.matmul(ry, x), rx.T)
     return torch.clamp(torch.round(out * 255.0), 0, 255) / 255.0
