@@ -1,12 +1,69 @@
-"""`refsr index-refs` (placeholder until its issue lands)."""
+"""`refsr index-refs`: embed reference photos with OpenCLIP into an hnswlib index folder."""
+
+from __future__ import annotations
 
 import click
 
-from .common import not_implemented
+from .common import device_option, report, shard_option, workers_option
 
 
-@click.command("index-refs", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def index_refs(args):
-    """Not implemented yet: exits with code 2."""
-    not_implemented("index-refs")
+@click.command("index-refs")
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Index folder (created if absent).")
+@click.option("--model", default="ViT-B-32", show_default=True,
+              help="OpenCLIP model name, or the path of an OpenCLIP model config .json.")
+@click.option("--pretrained", default="laion2b_s34b_b79k", show_default=True,
+              help="OpenCLIP pretrained tag (must be cached: no download), or 'none' for random weights.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Local CLIP weights (.safetensors or weights-only torch file); overrides --pretrained.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@workers_option
+@device_option
+@click.option("--prune", is_flag=True, help="Drop index entries whose files no longer exist.")
+@shard_option
+@click.option("--build", is_flag=True, help="Only merge the embedding parts in DIR/parts (e.g. of all shards) into the index.")
+@click.option("--info", is_flag=True, help="Only print count, model, dimension and size on disk of the index.")
+def index_refs(inputs, index_dir, model, pretrained, weights, batch_size, workers, device, prune, shard, build, info):
+    """Embed the images of INPUTS (files or folders, searched recursively) with OpenCLIP
+    and add them to the hnswlib index folder DIR.
+
+    Writes DIR/index.json, DIR/items.jsonl and DIR/index.bin (replaced atomically), and
+    DIR/parts/ while embedding. Reruns embed only new files (by sha256); an interrupted
+    run resumes. With --shard K/N each job embeds every N-th file into
+    DIR/parts/part-K-of-N.npz; the last shard to finish (or --build) builds the index.
+
+    \b
+    Examples:
+      refsr index-refs refs/ --index refs.index/
+      refsr index-refs refs/ more/ --index refs.index/ --prune      # later: add, drop gone
+      refsr index-refs refs/ --index refs.index/ --shard 3/8         # job 3 of 8
+      refsr index-refs --index refs.index/ --build                  # merge all parts
+      refsr index-refs --index refs.index/ --info
+    """
+    from refsr.retrieval.embed import EmbedderSpec
+    from refsr.retrieval.index import build_index, index_info, index_refs as run_index_refs
+
+    if info or build:
+        if info:
+            d = index_info(index_dir)
+            pending = f", pending parts: {' '.join(d['pending_parts'])}" if d["pending_parts"] else ""
+            report(f"{index_dir}: {d['count']} images, model {d['model']}, dim {d['dim']}, "
+                   f"{d['bytes'] / 1e6:.1f} MB on disk, generation {d['generation']}{pending}")
+        else:
+            s = build_index(index_dir, prune=prune)
+            report(f"{index_dir}: {s.count} images (+{s.added} added, {s.replaced} replaced, {s.pruned} pruned)")
+        return
+    if not inputs:
+        raise click.UsageError("give INPUTS to index (or --info / --build)")
+    spec = EmbedderSpec(model, None if pretrained.lower() == "none" else pretrained, weights)
+    s = run_index_refs(list(inputs), index_dir, spec, batch_size=batch_size, workers=workers or 2,
+                       device=_device(device), prune=prune, shard=shard or (0, 1))
+    built = f"index {s.count} images (+{s.added}, {s.replaced} replaced, {s.pruned} pruned)" if s.built else (
+        f"index unchanged ({s.count} images)" if (shard or (0, 1))[1] == 1 else "waiting for the other shards (or --build)")
+    report(f"{index_dir}: embedded {s.embedded}, reused {s.reused}; {built}")
+
+
+def _device(spec):
+    from refsr.device import resolve_device
+
+    return str(resolve_device(spec))

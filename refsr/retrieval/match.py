@@ -1,0 +1,522 @@
+"""Stage 2 of reference retrieval: the ResNet-34 patch matcher, and the ``match`` stage.
+
+For each query, stage 1 (CLIP, :mod:`refsr.retrieval.index`) proposes the most similar
+indexed images; stage 2 scores every ``patch`` x ``patch`` window (at ``stride``) of
+each candidate by the cosine similarity between the query's pooled trunk feature and the
+window's pooled feature. The trunk runs once per image: window features are averages
+of the image's feature map over the window's cells, read from an integral image
+(summed-area table), never by re-running the network per window. Overlapping windows of
+one image are suppressed (greedy NMS), and the best ``top_refs`` windows are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, MissingWeightsError
+from ..io import MATCH_FORMAT as MATCH_FORMAT_NAME
+
+log = logging.getLogger(__name__)
+
+MATCHER_FORMAT = "refsr.matcher/1"
+RANDOM_INIT_SEED = 0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------------------------
+# The matcher network
+# ---------------------------------------------------------------------------------------
+
+
+def _trunk_class():
+    import torch
+    from torch import nn
+
+    class ResNetTrunk(nn.Module):
+        """A torchvision ResNet cut after ``layer{depth}``: images -> feature maps.
+
+        Args:
+            arch (`str`, defaults to ``"resnet34"``): a torchvision ResNet name.
+            depth (`int`, defaults to 3): last residual stage kept (1..4); the output
+                stride is 4 * 2 ** (depth - 1), i.e. 16 for depth 3.
+
+        ``forward``: (B, 3, H, W) float32 RGB in [0, 1] -> (B, C, ceil(H / stride),
+        ceil(W / stride)) float32 (C = 256 for resnet34 at depth 3). ImageNet
+        normalisation happens inside.
+        """
+
+        def __init__(self, arch: str = "resnet34", depth: int = 3, zero_init_residual: bool = False):
+            super().__init__()
+            import torchvision
+
+            if depth not in (1, 2, 3, 4):
+                raise ValueError(f"depth must be 1, 2, 3 or 4, got {depth!r}")
+            if not arch.startswith("resnet") or not hasattr(torchvision.models, arch):
+                raise ValueError(f"unknown torchvision ResNet {arch!r}; e.g. resnet18, resnet34, resnet50")
+            net = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
+            self.config = {"_class_name": "ResNetTrunk", "format": MATCHER_FORMAT, "arch": arch, "depth": depth}
+            self.stride = 4 * 2 ** (depth - 1)
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+            self.layers = nn.Sequential(*[getattr(net, f"layer{i}") for i in range(1, depth + 1)])
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        def forward(self, x):
+            return self.layers(self.stem((x - self.mean) / self.std))
+
+        def save_pretrained(self, folder) -> None:
+            """Write ``config.json`` and ``model.safetensors`` into ``folder``."""
+            from safetensors.torch import save_file
+
+            from ..io import atomic_path, write_json
+
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(folder / "model.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
+            write_json(folder / "config.json", self.config)
+
+    return ResNetTrunk
+
+
+def ResNetTrunk(arch: str = "resnet34", depth: int = 3, zero_init_residual: bool = False):
+    """Build a :class:`ResNetTrunk` (see its docstring); torch is imported lazily."""
+    return _trunk_class()(arch=arch, depth=depth, zero_init_residual=zero_init_residual)
+
+
+def _imagenet_state_dict(arch: str) -> dict:
+    """torchvision's ImageNet weights for ``arch`` from the torch hub cache (no download)."""
+    import torch
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not target.is_file():
+        raise MissingWeightsError(
+            f"ImageNet {arch} weights are not cached: {target} is missing ({weights.url}); copy that file there, "
+            "or use --matcher none (random) or --matcher FOLDER (a trained matcher)")
+    return torch.load(target, map_location="cpu", weights_only=True)
+
+
+def _load_matcher_folder(path: Path):
+    from ..io import read_json
+    from .embed import load_state_dict_file
+
+    folder = path if path.is_dir() else path.parent
+    config_path = folder / "config.json"
+    if path.is_file() and path.suffix == ".safetensors" and not config_path.is_file():
+        config = {"arch": "resnet34", "depth": 3}
+    else:
+        config = read_json(config_path)
+        if config.get("format") != MATCHER_FORMAT:
+            raise InputError(f"{config_path}: not a matcher config (format {config.get('format')!r}, want {MATCHER_FORMAT!r})")
+    weights = path if path.is_file() and path.suffix == ".safetensors" else folder / "model.safetensors"
+    model = ResNetTrunk(config.get("arch", "resnet34"), int(config.get("depth", 3)))
+    sd = load_state_dict_file(weights)
+    result = model.load_state_dict(sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(f"{weights}: weights do not fit {config} (missing {result.missing_keys[:2]}, "
+                         f"unexpected {result.unexpected_keys[:2]})")
+    return model
+
+
+def load_matcher(spec: str = "imagenet", device: str = "cpu", arch: str = "resnet34", depth: int = 3):
+    """The stage-2 feature network for ``spec``, in eval mode on ``device``.
+
+    Args:
+        spec (`str`): ``imagenet`` (torchvision weights, cached), ``none`` (random weights,
+            seed 0: the same network in every process), or a trained matcher: a folder
+            with ``config.json`` + ``model.safetensors`` (``ResNetTrunk.save_pretrained``),
+            or a ``.safetensors`` file of a default trunk.
+
+    Returns:
+        A module mapping (B, 3, H, W) float32 [0, 1] to (B, C, H/s, W/s) feature maps,
+        with attributes ``stride`` (s) and ``config``.
+
+    Raises:
+        MissingWeightsError: ``imagenet`` weights not cached. InputError: a bad file.
+    """
+    import torch
+
+    if spec == "imagenet":
+        model = ResNetTrunk(arch, depth)
+        net_sd = _imagenet_state_dict(arch)
+        sd = {k.replace("conv1.", "stem.0.", 1) if k.startswith("conv1.") else k: v for k, v in net_sd.items()}
+        sd = {k.replace("bn1.", "stem.1.", 1) if k.startswith("bn1.") else k: v for k, v in sd.items()}
+        sd = {(f"layers.{int(k[5]) - 1}{k[6:]}" if k.startswith("layer") else k): v for k, v in sd.items()}
+        model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()}, strict=True)
+    elif spec == "none":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = ResNetTrunk(arch, depth, zero_init_residual=True)
+    elif Path(spec).exists():
+        model = _load_matcher_folder(Path(spec))
+    else:
+        raise InputError(f"matcher {spec!r}: expected imagenet, none, or a matcher folder/.safetensors file that exists")
+    return model.eval().to(device)
+
+
+# ---------------------------------------------------------------------------------------
+# Windows: enumeration, pooled scores, NMS
+# ---------------------------------------------------------------------------------------
+
+
+def _positions(size: int, patch: int, stride: int) -> list[int]:
+    """Window starts along one axis: every ``stride``, plus one flush with the far edge."""
+    if size <= patch:
+        return [0]
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def window_boxes(width: int, height: int, patch: int, stride: int) -> np.ndarray:
+    """All windows inside a ``width`` x ``height`` image: (N, 4) int64 ``[x, y, w, h]``.
+
+    Along an axis shorter than ``patch`` the window spans the whole axis, so an image
+    smaller than the patch gives one window, the whole image.
+    """
+    pw, ph = min(patch, width), min(patch, height)
+    xs, ys = _positions(width, patch, stride), _positions(height, patch, stride)
+    return np.array([[x, y, pw, ph] for y in ys for x in xs], dtype=np.int64)
+
+
+def pooled_window_features(fmap: np.ndarray, boxes: np.ndarray, feat_stride: int) -> np.ndarray:
+    """Average of a feature map over each window, via an integral image.
+
+    Args:
+        fmap: (C, h, w) float32 feature map of an image (cell (i, j) covers pixels
+            [j*s, (j+1)*s) x [i*s, (i+1)*s), s = ``feat_stride``).
+        boxes: (N, 4) int ``[x, y, w, h]`` in image pixels.
+
+    Returns:
+        (N, C) float32: the mean feature over the cells each window covers (cell edges
+        rounded to the nearest cell; at least one cell).
+    """
+    c, h, w = fmap.shape
+    integral = np.zeros((c, h + 1, w + 1), np.float64)
+    integral[:, 1:, 1:] = fmap.astype(np.float64).cumsum(1).cumsum(2)
+    x0 = np.clip(np.round(boxes[:, 0] / feat_stride).astype(int), 0, w - 1)
+    y0 = np.clip(np.round(boxes[:, 1] / feat_stride).astype(int), 0, h - 1)
+    x1 = np.clip(np.round((boxes[:, 0] + boxes[:, 2]) / feat_stride).astype(int), x0 + 1, w)
+    y1 = np.clip(np.round((boxes[:, 1] + boxes[:, 3]) / feat_stride).astype(int), y0 + 1, h)
+    sums = integral[:, y1, x1] - integral[:, y0, x1] - integral[:, y1, x0] + integral[:, y0, x0]
+    return (sums / ((y1 - y0) * (x1 - x0))).T.astype(np.float32)
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one ``[x, y, w, h]`` box with each of (N, 4) boxes."""
+    ix = np.clip(np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = ix * iy
+    return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.5, keep: int | None = None) -> list[int]:
+    """Greedy non-maximum suppression: indices of kept boxes, best first; a box is
+    dropped when its IoU with a better kept box exceeds ``iou``."""
+    order = np.argsort(-scores, kind="stable")
+    kept: list[int] = []
+    for i in order:
+        if kept and np.any(box_iou(boxes[i].astype(np.float64), boxes[kept].astype(np.float64)) > iou):
+            continue
+        kept.append(int(i))
+        if keep is not None and len(kept) >= keep:
+            break
+    return kept
+
+
+def score_windows(query_feat: np.ndarray, fmap: np.ndarray, feat_stride: int, width: int, height: int,
+                  patch: int, stride: int, iou: float = 0.5, keep: int = 10):
+    """Windows of one candidate image, scored and suppressed.
+
+    Args:
+        query_feat: (C,) pooled query feature. fmap: (C, h, w) candidate feature map.
+
+    Returns:
+        ``(boxes (K, 4) int, scores (K,) float)``, best first, K <= ``keep``.
+    """
+    boxes = window_boxes(width, height, patch, stride)
+    feats = pooled_window_features(fmap, boxes, feat_stride)
+    q = query_feat / max(np.linalg.norm(query_feat), 1e-12)
+    scores = feats @ q / np.maximum(np.linalg.norm(feats, axis=1), 1e-12)
+    kept = nms(boxes, scores, iou, keep)
+    return boxes[kept], scores[kept]
+
+
+# ---------------------------------------------------------------------------------------
+# Queries
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Query:
+    """One target: ``image`` is the file whose pixels are the query (HR crop, LR or a
+    photo); ``source`` is the original image it came from (never a reference)."""
+
+    id: str
+    image: Path
+    source: Path | None
+    source_sha256: str | None = None
+    upscale: int = 1  # bicubic upsampling factor applied on reading (LR queries)
+
+    def read(self) -> np.ndarray:
+        """(H, W, 3) float32 RGB in [0, 1]; an LR query is upsampled bicubically by ``upscale``."""
+        import cv2
+
+        from ..io import read_rgb
+
+        rgb = read_rgb(self.image)
+        if self.upscale > 1:
+            h, w = rgb.shape[:2]
+            rgb = np.clip(cv2.resize(rgb, (w * self.upscale, h * self.upscale), interpolation=cv2.INTER_CUBIC), 0, 1)
+        return rgb
+
+
+def read_queries(queries: str | os.PathLike, kind: str = "hr") -> list[Query]:
+    """Queries from a folder of images (each is its own source) or a pair manifest
+    (``kind`` ``hr``: the HR crop; ``lr``: the LR image upsampled by the pair's scale).
+
+    Raises:
+        ValueError: ``kind`` not in (hr, lr). InputError/ManifestError: bad input.
+    """
+    from ..io import list_images, read_pair_manifest, resolve_path
+
+    if kind not in ("hr", "lr"):
+        raise ValueError(f"query kind must be 'hr' or 'lr', got {kind!r}")
+    path = Path(queries)
+    if path.suffix.lower() == ".jsonl":
+        out = []
+        for rec in read_pair_manifest(path):
+            image, up = (rec["hr_path"], 1) if kind == "hr" else (rec["lr_path"], int(rec["scale"]))
+            out.append(Query(rec["id"], image, resolve_path(path, rec["source"]), rec.get("source_sha256"), up))
+        return out
+    files = list_images(path, recursive=True)
+    root = path if path.is_dir() else path.parent
+    return [Query(Path(os.path.relpath(f, root)).with_suffix("").as_posix(), f, f) for f in files]
+
+
+class _ExclusionMap:
+    """Which index labels are a query's own source: same sha256 or the same file."""
+
+    def __init__(self, index):
+        self.by_sha: dict[str, set[int]] = {}
+        self.by_path: dict[str, int] = {}
+        self.by_parent: dict[str, list[int]] = {}
+        for it in index.items:
+            p = index.abs_path(it).resolve()
+            self.by_sha.setdefault(it["sha256"], set()).add(it["label"])
+            self.by_path[str(p)] = it["label"]
+            self.by_parent.setdefault(str(p.parent), []).append(it["label"])
+        self._sha_cache: dict[str, str] = {}
+
+    def _sha(self, path: Path) -> str | None:
+        from ..io import sha256_file
+
+        key = str(path)
+        if key not in self._sha_cache:
+            self._sha_cache[key] = sha256_file(path) if path.is_file() else None
+        return self._sha_cache[key]
+
+    def excluded(self, q: Query) -> set[int]:
+        out: set[int] = set()
+        shas = {q.source_sha256, self._sha(q.image.resolve())}
+        if q.source is not None:
+            src = q.source.resolve()
+            shas.add(self._sha(src))
+            if str(src) in self.by_path:
+                out.add(self.by_path[str(src)])
+        for sha in shas - {None}:
+            out |= self.by_sha.get(sha, set())
+        return out
+
+    def group(self, q: Query) -> list[int]:
+        """Labels in the folder of the query's source (its own folder for a plain image)."""
+        src = (q.source or q.image).resolve()
+        return self.by_parent.get(str(src.parent), [])
+
+
+# ---------------------------------------------------------------------------------------
+# The match stage
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class MatchStats:
+    """What a ``match`` run did."""
+
+    output: Path
+    queries: int = 0
+    matched: int = 0
+    resumed: int = 0
+    skipped: bool = False
+
+
+def shard_output(output: str | os.PathLike, shard: tuple[int, int]) -> Path:
+    """``matches.jsonl`` -> ``matches.shard-K-of-N.jsonl`` for shard K/N (unchanged for 0/1)."""
+    output, (k, n) = Path(output), shard
+    return output if n == 1 else output.with_name(f"{output.stem}.shard-{k}-of-{n}{output.suffix}")
+
+
+def feature_map(net, rgb: np.ndarray, device) -> np.ndarray:
+    """(H, W, 3) float32 [0, 1] image -> (C, h, w) float32 feature map of the matcher."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device)
+    with torch.no_grad():
+        return net(x)[0].float().cpu().numpy()
+
+
+class _FeatureCache:
+    """Feature maps of candidate images, computed once per image (LRU of ``size``)."""
+
+    def __init__(self, net, device, size: int = 64):
+        self.net, self.device, self.size = net, device, size
+        self._maps: OrderedDict = OrderedDict()
+
+    def get(self, key, path: Path) -> tuple[np.ndarray, int, int]:
+        from ..io import read_rgb
+
+        if key in self._maps:
+            self._maps.move_to_end(key)
+            return self._maps[key]
+        rgb = read_rgb(path)
+        value = (feature_map(self.net, rgb, self.device), rgb.shape[1], rgb.shape[0])
+        self._maps[key] = value
+        if len(self._maps) > self.size:
+            self._maps.popitem(last=False)
+        return value
+
+
+@dataclass
+class MatchSettings:
+    """Options of :func:`match_queries` that shape each result."""
+
+    top_images: int = 20
+    top_refs: int = 10
+    patch: int = 512
+    stride: int = 256
+    group_by: str | None = None  # None or "parent"
+    nms_iou: float = 0.5
+
+    def check(self) -> None:
+        for name in ("top_images", "top_refs", "patch", "stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_by not in (None, "parent"):
+            raise ValueError(f"group_by must be None or 'parent', got {self.group_by!r}")
+
+
+def match_one(q: Query, clip, index, excl: _ExclusionMap, cache: _FeatureCache, net, device,
+              settings: MatchSettings) -> list[dict]:
+    """Best reference windows for one query: ``[{label, box, score, image_score}]``, best first."""
+    rgb = q.read()
+    vector = clip.embed([rgb])[0]
+    within = excl.group(q) if settings.group_by == "parent" else None
+    candidates = index.search(vector, settings.top_images, exclude=excl.excluded(q), within=within)
+    qfeat = feature_map(net, rgb, device).mean(axis=(1, 2))
+    found = []
+    for label, image_score in candidates:
+        item = index.item_by_label(label)
+        fmap, w, h = cache.get(label, index.abs_path(item))
+        boxes, scores = score_windows(qfeat, fmap, net.stride, w, h, settings.patch, settings.stride,
+                                      settings.nms_iou, settings.top_refs)
+        found += [{"label": label, "box": [int(v) for v in b], "score": float(s), "image_score": image_score}
+                  for b, s in zip(boxes, scores)]
+    found.sort(key=lambda r: (-r["score"], -r["image_score"], r["label"], r["box"]))
+    return found[: settings.top_refs]
+
+
+def _save_crops(folder: Path, q: Query, refs: list[dict], index) -> None:
+    from ..io import read_rgb, write_image
+
+    for rank, ref in enumerate(refs):
+        x, y, w, h = ref["box"]
+        rgb = read_rgb(index.abs_path(index.item_by_label(ref["label"])))
+        write_image(folder / q.id.replace("/", "_") / f"{rank:02d}.png", rgb[y:y + h, x:x + w])
+
+
+def _load_partial(partial: Path) -> dict[str, dict]:
+    """Records of an interrupted run (the last line may be torn: it is ignored)."""
+    done = {}
+    if partial.is_file():
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def match_queries(
+    queries: str | os.PathLike, index_dir: str | os.PathLike, output: str | os.PathLike,
+    settings: MatchSettings | None = None, query_kind: str = "hr", matcher: str = "imagenet",
+    save_crops: str | os.PathLike | None = None, device: str = "cpu", shard: tuple[int, int] = (0, 1),
+    overwrite: bool = False, embedder_spec=None,
+) -> MatchStats:
+    """Run both retrieval stages for every query and write a matches file.
+
+    Writes ``output`` (``refsr.matches/1`` JSON Lines, one line per query in query order,
+    reference paths relative to the output's folder); with ``shard`` K/N, only every
+    N-th query into ``matches.shard-K-of-N.jsonl``. Results are appended to a hidden
+    ``.partial`` file as they come, so an interrupted run resumes; an existing output is
+    kept unless ``overwrite``.
+
+    Args:
+        embedder_spec (`EmbedderSpec`, optional): the CLIP model to embed queries with;
+            by default the one recorded in the index (a different one is refused).
+
+    Raises:
+        InputError: bad queries, or an embedder other than the index's.
+        MissingWeightsError: CLIP or matcher weights not available offline.
+    """
+    from ..io import relative_path, select_shard, write_jsonl
+    from ..progress import progress
+    from .embed import Embedder
+    from .index import open_index
+
+    settings = settings or MatchSettings()
+    settings.check()
+    out = shard_output(output, shard)
+    stats = MatchStats(out)
+    all_queries = read_queries(queries, query_kind)
+    todo = select_shard(all_queries, shard)
+    stats.queries = len(todo)
+    if out.exists() and not overwrite:
+        stats.skipped = True
+        return stats
+    index = open_index(index_dir)
+    clip = Embedder(embedder_spec or Embedder.spec_for(index.identity), device=device)
+    index.check_identity(clip.identity)
+    net = load_matcher(matcher, device)
+    excl, cache = _ExclusionMap(index), _FeatureCache(net, device)
+    partial = out.with_name(f".{out.name}.partial")
+    done = {} if overwrite else _load_partial(partial)
+    stats.resumed = sum(q.id in done for q in todo)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "w" if overwrite else "a", encoding="utf-8") as f:
+        for q in progress([q for q in todo if q.id not in done], desc="matching", unit="query"):
+            refs = match_one(q, clip, index, excl, cache, net, device, settings)
+            if save_crops:
+                _save_crops(Path(save_crops), q, refs, index)
+            done[q.id] = {"format": MATCH_FORMAT_NAME, "id": q.id, "query": relative_path(out, q.image),
+                          "refs": [{"path": relative_path(out, index.abs_path(index.item_by_label(r["label"]))),
+                                    "box": r["box"], "score": r["score"], "image_score": r["image_score"]}
+                                   for r in refs], "matcher": matcher}
+            f.write(json.dumps(done[q.id], separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            stats.matched += 1
+    write_jsonl(out, [done[q.id] for q in todo])
+    partial.unlink(missing_ok=True)
+    return stats
