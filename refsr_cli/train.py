@@ -1,12 +1,123 @@
-"""`refsr train` (placeholder until its issue lands)."""
+"""`refsr train`: train the VQ autoencoder or the diffusion denoiser (one device or many)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import click
 
-from .common import not_implemented
+from .common import device_option, report, seed_option, workers_option
+
+STAGES = ("autoencoder", "diffusion")
 
 
-@click.command("train", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args):
-    """Not implemented yet: exits with code 2."""
-    not_implemented("train")
+def _build_autoencoder(o: dict):
+    from refsr.train.autoencoder import AutoencoderStage
+
+    return AutoencoderStage(o["data"], config=o["config"], seed=o["seed"], lpips=not o["no_lpips"])
+
+
+def _build_diffusion(o: dict):
+    from refsr.train.diffusion import DiffusionStage
+
+    return DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
+                          init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
+                          ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"])
+
+
+# stage name -> builder(options) -> refsr.train.loop.Stage; a new stage is one entry here
+STAGE_BUILDERS = {"autoencoder": _build_autoencoder, "diffusion": _build_diffusion}
+
+
+def _check_stage_options(o: dict) -> None:
+    if o["stage"] == "diffusion":
+        if o["data"].suffix.lower() != ".jsonl":
+            raise click.BadParameter("the diffusion stage reads a pair manifest (.jsonl)", param_hint="--data")
+        if o["vqvae"] is None and o["init_from"] is None:
+            raise click.BadParameter("the diffusion stage needs a trained VQ autoencoder (--vqvae DIR) "
+                                     "or a pretrained LDM-SR folder (--init-from DIR)", param_hint="--vqvae")
+
+
+@click.command("train")
+@click.option("--stage", type=click.Choice(STAGES), required=True, help="What to train.")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Pair manifest (pairs/manifest.jsonl); the autoencoder also takes a folder of images.")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder (checkpoints/, metrics.jsonl, validation/, model/).")
+@click.option("--config", default="small", show_default=True, help="Model config: tiny, small, paper or a JSON/YAML file.")
+@click.option("--kind", type=click.Choice(["ldm", "ldm-ca"]), default="ldm-ca", show_default=True,
+              help="diffusion: ldm (LDM-SR baseline) or ldm-ca (with the reference branch).")
+@click.option("--vqvae", type=click.Path(exists=True, path_type=Path), default=None,
+              help="diffusion: the frozen VQ autoencoder (an autoencoder run, a model folder or a VQModel folder).")
+@click.option("--matches", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="diffusion: matches.jsonl from `refsr match` (the references).")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="diffusion: start from a diffusers LDM-SR folder (its unet/ and vqvae/).")
+@click.option("--max-refs", type=click.IntRange(min=0), default=None, help="diffusion: references per sample (default: config).")
+@click.option("--ref-dropout", type=click.FloatRange(0, 1), default=None,
+              help="diffusion: probability of training a sample without references (default: config).")
+@click.option("--degrade-on-the-fly", is_flag=True, help="diffusion: make LR from HR with refsr.degrade's torch path "
+              "(Real-ESRGAN preset) instead of the manifest's LR images.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimizer steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per device (default: config).")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: config).")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default=None, help="After warmup (default: config).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Warmup optimizer steps (default: config).")
+@click.option("--ema-decay", type=click.FloatRange(0, 1), default=None, help="EMA decay (default: config).")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=None, help="Max gradient norm, 0 = off (default: config).")
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--validate-every", type=click.IntRange(min=0), default=None, help="Validation grid every N steps, 0 = off.")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Delete the run's checkpoints and outputs and start again.")
+@click.option("--no-lpips", is_flag=True, help="autoencoder: no LPIPS perceptual loss.")
+@seed_option
+@device_option
+@workers_option
+def train(**o):
+    """Train the VQ autoencoder or the diffusion denoiser into a run folder.
+
+    Reads HR crops (autoencoder: a folder of images or a pair manifest) or HR/LR pairs with
+    their matched references (diffusion: pair manifest + matches.jsonl + a frozen VQ).
+    Writes RUN/checkpoints/step-N/ (safetensors, last K kept), RUN/metrics.jsonl,
+    RUN/validation/step-N.png (LR | sample | HR) and, at the end, RUN/model/: the model
+    folder (EMA weights) that `refsr sample --model` loads.
+
+    Plain `refsr train` uses one device. Data-parallel on N GPUs (or CPU processes):
+    `accelerate launch --num_processes N -m refsr_cli train ...`. --steps counts optimizer
+    steps, so a run has the same length on 1 or N devices; the global batch
+    (per-device batch x processes x accumulation) is printed at start.
+
+    \b
+    Examples:
+      refsr train --stage autoencoder --data photos/ --config small --steps 20000 -o runs/vq
+      refsr train --stage diffusion --data pairs/manifest.jsonl --matches matches.jsonl \\
+          --vqvae runs/vq --kind ldm-ca --config small --steps 50000 -o runs/ldm-ca
+      accelerate launch --num_processes 8 -m refsr_cli train --stage diffusion \\
+          --data pairs/manifest.jsonl --matches matches.jsonl --init-from ldm-sr-4x/ \\
+          --config paper --mixed-precision bf16 -o runs/paper
+      refsr train ... -o runs/ldm-ca --resume           # continue after an interruption
+    """
+    from refsr.models import load_config
+    from refsr.train import TrainOptions, run_training
+
+    _check_stage_options(o)
+    defaults = load_config(o["config"])["train"]
+    pick = lambda key, cfg_key: defaults[cfg_key] if o[key] is None else o[key]  # noqa: E731
+    stage = STAGE_BUILDERS[o["stage"]](o)
+    opts = TrainOptions(
+        output=o["output"], steps=o["steps"], batch_size=pick("batch_size", "batch_size"), lr=pick("lr", "lr"),
+        seed=o["seed"], device=o["device"], resume=o["resume"], overwrite=o["overwrite"],
+        checkpoint_every=o["checkpoint_every"], keep_checkpoints=o["keep_checkpoints"],
+        mixed_precision=o["mixed_precision"], grad_accum=o["grad_accum"], grad_clip=pick("grad_clip", "grad_clip"),
+        ema_decay=pick("ema_decay", "ema_decay"), warmup_steps=pick("warmup", "warmup_steps"),
+        lr_schedule=pick("lr_schedule", "lr_schedule"), validate_every=pick("validate_every", "validate_every"),
+        log_every=o["log_every"], workers=o["workers"] or 0,
+    )
+    out = run_training(stage, opts)
+    if int(os.environ.get("RANK", "0")) == 0:
+        report(f"trained {o['stage']} for {opts.steps} steps: {out}")

@@ -61,9 +61,12 @@ def load_lpips(device) -> nn.Module | None:
     The reason is logged once; training then uses L1 + codebook losses only.
     """
     try:
+        import warnings
+
         import lpips
 
-        with _quiet_stdout():
+        with _quiet_stdout(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             model = lpips.LPIPS(net="vgg", verbose=False)
     except Exception as e:  # no torchvision VGG weights in the cache, no network
         log.warning("LPIPS perceptual loss unavailable (%s: %s); training with L1 + codebook losses only. "

@@ -1,0 +1,199 @@
+"""Training datasets, indexed by a global sample number so that every draw is reproducible.
+
+Sample ``g`` of a run is a pure function of ``(seed, g)`` (``refsr.seeding.rng_for``): the
+image, the crop, the references and their order do not depend on worker count, process
+count or on where a resumed run restarts. :class:`StepSampler` hands each process its
+sample numbers for each optimizer step.
+
+Tensors are float32 in [-1, 1], layout (3, H, W).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io import IMAGE_EXTENSIONS, list_images, read_matches, read_pair_manifest, read_rgb
+from ..seeding import rng_for
+
+log = logging.getLogger("refsr.train")
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) float32 in [0, 1] -> (3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))) * 2.0 - 1.0
+
+
+def _pad_to(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad an image smaller than ``size`` on either axis."""
+    h, w = rgb.shape[:2]
+    if h >= size and w >= size:
+        return rgb
+    return cv2.copyMakeBorder(rgb, 0, max(size - h, 0), 0, max(size - w, 0), cv2.BORDER_REFLECT_101)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Global sample numbers for this process, from optimizer step ``start`` to ``steps``.
+
+    Sample numbers of step s, micro-batch a, process k: a contiguous block of
+    ``batch_size`` numbers, so a run with N processes x B covers the same numbers as
+    one process with N*B (up to the split).
+    """
+
+    def __init__(self, start: int, steps: int, batch_size: int, accumulation: int, rank: int, world: int):
+        self.start, self.steps, self.batch, self.accum, self.rank, self.world = start, steps, batch_size, accumulation, rank, world
+
+    def __iter__(self):
+        per_step = self.batch * self.accum * self.world
+        for s in range(self.start, self.steps):
+            for a in range(self.accum):
+                first = s * per_step + (a * self.world + self.rank) * self.batch
+                yield from range(first, first + self.batch)
+
+    def __len__(self):
+        return max(self.steps - self.start, 0) * self.batch * self.accum
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random HR crops for the autoencoder, from a folder of images or a pair manifest.
+
+    Item ``g`` -> ``{"hr": (3, P, P)}`` in [-1, 1].
+    """
+
+    def __init__(self, data: str | Path, patch_size: int, seed: int = 0):
+        data = Path(data)
+        if data.suffix.lower() == ".jsonl":
+            self.paths = [r["hr_path"] for r in read_pair_manifest(data)]
+        elif data.is_dir():
+            self.paths = list_images(data, recursive=True)
+        else:
+            raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a pair manifest .jsonl")
+        self.patch, self.seed = patch_size, seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = _pad_to(read_rgb(self.paths[i]), self.patch)
+        return self._cache[i]
+
+    def __getitem__(self, g: int) -> dict:
+        rng = rng_for(self.seed, "crop-sample", g)
+        img = self.image(int(rng.integers(len(self.paths))))
+        h, w = img.shape[:2]
+        y, x = int(rng.integers(h - self.patch + 1)), int(rng.integers(w - self.patch + 1))
+        crop = img[y : y + self.patch, x : x + self.patch]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        return {"hr": to_tensor(crop.copy())}
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """HR/LR patches with matched reference fragments, for the diffusion stage.
+
+    Item ``g`` -> ``hr`` (3, P, P), ``lr`` (3, P/scale, P/scale), ``refs`` (N, 3, S, S)
+    in [-1, 1] and ``ref_mask`` (N,) bool (True = real reference), N = ``max_refs``.
+    References: a random subset of 1..N of the target's matches in random order, or none
+    with probability ``ref_dropout``; each is the match's box, resized to S x S.
+    With ``lr_from_hr`` the LR patch is omitted (degraded on the fly by the trainer).
+
+    Raises:
+        InputError / ManifestError: missing images, matches whose ids are not in the
+            manifest, an LR image whose size is not HR / scale.
+    """
+
+    def __init__(self, manifest, patch_size, scale, matches=None, ref_size=None, max_refs=0,
+                 ref_dropout=0.0, seed=0, lr_from_hr=False):
+        self.pairs = read_pair_manifest(manifest)
+        self.patch, self.scale, self.seed, self.lr_from_hr = patch_size, scale, seed, lr_from_hr
+        self.ref_size, self.max_refs, self.ref_dropout = ref_size or patch_size, max_refs, ref_dropout
+        if patch_size % scale:
+            raise InputError(f"patch size {patch_size} is not a multiple of the scale {scale}")
+        self.refs = _index_matches(matches, self.pairs, manifest) if matches else {}
+        self._cache: dict[object, np.ndarray] = {}
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def _cached(self, key, load):
+        if key not in self._cache:
+            if len(self._cache) > 512:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = load()
+        return self._cache[key]
+
+    def _pair(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        rec = self.pairs[i]
+        hr = self._cached(("hr", i), lambda: read_rgb(rec["hr_path"]))
+        if self.lr_from_hr:
+            return hr, None
+        lr = self._cached(("lr", i), lambda: read_rgb(rec["lr_path"]))
+        if lr.shape[0] * self.scale != hr.shape[0] or lr.shape[1] * self.scale != hr.shape[1]:
+            raise InputError(f"{rec['lr_path']}: LR size {lr.shape[1]}x{lr.shape[0]} is not HR size "
+                             f"{hr.shape[1]}x{hr.shape[0]} / {self.scale}")
+        return hr, lr
+
+    def _fragment(self, ref: dict) -> np.ndarray:
+        def load():
+            img = read_rgb(ref["abs_path"])
+            x, y, w, h = ref["box"]
+            x0, y0 = max(0, min(x, img.shape[1] - 1)), max(0, min(y, img.shape[0] - 1))
+            crop = img[y0 : max(y0 + 1, min(y + h, img.shape[0])), x0 : max(x0 + 1, min(x + w, img.shape[1]))]
+            return cv2.resize(crop, (self.ref_size, self.ref_size), interpolation=cv2.INTER_AREA)
+
+        return self._cached(("ref", str(ref["abs_path"]), tuple(ref["box"])), load)
+
+    def _references(self, pair_id: str, rng) -> tuple[torch.Tensor, torch.Tensor]:
+        refs = torch.zeros(self.max_refs, 3, self.ref_size, self.ref_size)
+        mask = torch.zeros(self.max_refs, dtype=torch.bool)
+        cands = self.refs.get(pair_id, [])
+        if not cands or self.max_refs == 0 or rng.random() < self.ref_dropout:
+            return refs, mask
+        n = int(rng.integers(1, min(self.max_refs, len(cands)) + 1))
+        for j, k in enumerate(rng.permutation(len(cands))[:n]):
+            refs[j] = to_tensor(self._fragment(cands[k]))
+            mask[j] = True
+        return refs, mask
+
+    def __getitem__(self, g: int) -> dict:
+        rng = rng_for(self.seed, "pair-sample", g)
+        i = int(rng.integers(len(self.pairs)))
+        hr, lr = self._pair(i)
+        p, s = self.patch, self.scale
+        hr = _pad_to(hr, p)
+        lh, lw = hr.shape[0] // s, hr.shape[1] // s
+        y, x = int(rng.integers(lh - p // s + 1)), int(rng.integers(lw - p // s + 1))
+        item = {"hr": to_tensor(hr[y * s : y * s + p, x * s : x * s + p].copy()), "index": i}
+        if lr is not None:
+            lr = _pad_to(lr, p // s)
+            item["lr"] = to_tensor(lr[y : y + p // s, x : x + p // s].copy())
+        else:  # degraded on the fly by the trainer, with parameters drawn from this key
+            item["degrade_key"] = f"sample-{g}"
+        item["refs"], item["ref_mask"] = self._references(self.pairs[i]["id"], rng)
+        return item
+
+
+def _index_matches(matches, pairs: list[dict], manifest) -> dict[str, list[dict]]:
+    """Matches by pair id. Raises InputError if an id is not a pair of the manifest."""
+    records = read_matches(matches)
+    ids = {p["id"] for p in pairs}
+    unknown = [r["id"] for r in records if r["id"] not in ids]
+    if unknown:
+        raise InputError(f"{matches}: {len(unknown)} match id(s) are not pairs of {manifest} "
+                         f"(first: {unknown[0]!r}); was it made from another manifest?")
+    by_id = {r["id"]: r["refs"] for r in records}
+    if not by_id.keys() & ids:
+        raise InputError(f"{matches}: no match ids in common with {manifest}")
+    missing = len(ids - by_id.keys())
+    if missing:
+        log.info("%d of %d pairs have no matches entry; they train without references", missing, len(ids))
+    return by_id

@@ -1,0 +1,195 @@
+"""Stage ``diffusion``: the denoising U-Net (+ reference branch) on a frozen VQ autoencoder.
+
+Loss: epsilon prediction, ``|| eps - eps_theta(sqrt(a_t) z0 + sqrt(1 - a_t) eps, t, LR, refs) ||^2``
+(DDPM, Ho et al. 2020, eq. 14) with LDM-SR's schedule, z0 the VQ latent (before
+quantisation) of the HR patch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from ..models.ldm import RefSRModel, _scheduler_kwargs, check_compatible, load_config
+from ..models.ref_branch import RefBranch
+from .data import PairDataset
+from .loop import Stage, save_grid
+
+log = logging.getLogger("refsr.train")
+
+
+def resolve_vqvae_dir(path) -> Path:
+    """The ``VQModel`` folder inside a run (RUN/model/vqvae), a model folder (DIR/vqvae) or
+    ``path`` itself. Raises InputError if none holds a config.json."""
+    path = Path(path)
+    for cand in (path / "model" / "vqvae", path / "vqvae", path):
+        if (cand / "config.json").is_file():
+            return cand
+    raise InputError(f"{path}: no VQ autoencoder found (looked for model/vqvae/, vqvae/ and config.json)")
+
+
+def load_vqvae(path):
+    from diffusers import VQModel
+
+    folder = resolve_vqvae_dir(path)
+    try:
+        return VQModel.from_pretrained(folder)
+    except Exception as e:
+        raise InputError(f"{folder}: not a loadable VQModel ({str(e).splitlines()[0][:120]})") from None
+
+
+def build_model(config, kind: str, vqvae_dir=None, init_from=None) -> RefSRModel:
+    """The model to train: from ``init_from`` (a diffusers LDM-SR or refsr folder: its unet/
+    and vqvae/) or from ``config``, with the VQ of ``vqvae_dir`` if given.
+
+    Raises:
+        InputError: a VQ whose latent size or factor does not fit the U-Net.
+    """
+    cfg = load_config(config)
+    if init_from is not None:
+        base = RefSRModel.from_pretrained(init_from)
+        vqvae, unet = base.vqvae, base.unet
+        sched, scale = base.scheduler_config, base.scale
+    else:
+        base = RefSRModel.from_config(cfg, kind="ldm")
+        vqvae, unet, sched, scale = base.vqvae, base.unet, cfg["scheduler"], cfg["scale"]
+    if vqvae_dir is not None:
+        vqvae = load_vqvae(vqvae_dir)
+        try:
+            check_compatible(vqvae, unet, scale)
+        except InputError as e:
+            raise InputError(f"{resolve_vqvae_dir(vqvae_dir)}: {e}") from None
+    branch = None
+    if kind == "ldm-ca":
+        branch = RefBranch(unet_config=dict(unet.config), **cfg["ref_branch"])
+        branch.init_from_unet(unet)
+    return RefSRModel(vqvae, unet, branch, sched, kind, scale, cfg["patch_size"], cfg["ref_size"], cfg["max_refs"])
+
+
+class DiffusionModule(nn.Module):
+    """A RefSRModel with its frozen VQ and the epsilon loss: ``forward(batch, generator)``.
+
+    Batch: ``hr`` (B, 3, P, P), ``lr`` (B, 3, P/s, P/s) in [-1, 1] (or ``degrade_key``
+    when LR is degraded on the fly), ``refs`` (B, N, 3, S, S), ``ref_mask`` (B, N) bool.
+    """
+
+    def __init__(self, model: RefSRModel, degrade=None):
+        super().__init__()
+        from diffusers import DDPMScheduler
+
+        self.model = model
+        model.vqvae.requires_grad_(False).eval()
+        sched = DDPMScheduler(**_scheduler_kwargs(model.scheduler_config))
+        self.register_buffer("alphas_cumprod", sched.alphas_cumprod.float().clone(), persistent=False)
+        self.degrade = degrade
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.vqvae.eval()
+        return self
+
+    def forward(self, batch: dict, generator=None):
+        hr, lr = batch["hr"], batch.get("lr")
+        if lr is None:
+            hr, lr = self.degrade(hr, batch["degrade_key"])
+        with torch.no_grad():
+            z0 = self.model.encode(hr)
+        b = z0.shape[0]
+        t = torch.randint(0, self.alphas_cumprod.shape[0], (b,), generator=generator, device=z0.device)
+        noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(z0.dtype)
+        noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        lr_ctx, ref_ctx = self.contexts(lr, batch.get("refs"), batch.get("ref_mask"))
+        pred = self.model(noisy, t, lr, lr_ctx, ref_ctx)
+        loss = F.mse_loss(pred.float(), noise.float())
+        return loss, {"refs_per_image": batch["ref_mask"].float().sum(1).mean() if "ref_mask" in batch else loss * 0}
+
+    def contexts(self, lr, refs, mask):
+        """E_LR and E_Ref contexts for ``ldm-ca`` when some image has references, else None."""
+        if self.model.ref_branch is None or refs is None or mask is None or not bool(mask.any()):
+            return None, None
+        up = F.interpolate(lr, scale_factor=self.model.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+        return self.model.encode_lr(up), self.model.encode_references(refs, mask)
+
+
+class OnTheFlyDegrade:
+    """LR from HR with ``refsr.degrade``'s torch executor: parameters drawn per sample from
+    ``(seed, degrade_key)`` with a preset (``realesrgan`` by default)."""
+
+    def __init__(self, scale: int, seed: int, preset: str = "realesrgan"):
+        from ..degrade import resolve_config
+
+        self.scale, self.seed, self.config = scale, seed, resolve_config(preset)
+
+    def __call__(self, hr: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, P, P) HR in [-1, 1] -> (HR target, LR (B, 3, P/s, P/s)), both in [-1, 1]."""
+        from ..degrade import degrade_batch, sample_params
+
+        params = [sample_params(self.seed, str(k), self.config) for k in keys]
+        lr, target = degrade_batch((hr + 1) / 2, params, self.scale, return_hr=True)
+        return target.clamp(0, 1) * 2 - 1, lr.clamp(0, 1) * 2 - 1
+
+
+class DiffusionStage(Stage):
+    """Train ``ldm`` or ``ldm-ca`` on a pair manifest (+ matches), with a frozen VQ."""
+
+    name = "diffusion"
+
+    def __init__(self, data, config="small", kind="ldm-ca", vqvae=None, matches=None, init_from=None,
+                 seed: int = 0, max_refs: int | None = None, ref_dropout: float | None = None,
+                 degrade_on_the_fly: bool = False, validation_steps: int = 20):
+        cfg = load_config(config)
+        self.seed, self.validation_steps = seed, validation_steps
+        torch.manual_seed(seed)
+        self.model = build_model(cfg, kind, vqvae, init_from)
+        n_refs = cfg["max_refs"] if max_refs is None else max_refs
+        dropout = cfg["train"]["ref_dropout"] if ref_dropout is None else ref_dropout
+        if kind == "ldm-ca" and matches is None:
+            log.warning("kind ldm-ca without --matches: the reference branch will see no references")
+        self.data = PairDataset(data, self.model.patch_size, self.model.scale, matches if kind == "ldm-ca" else None,
+                                self.model.ref_size, n_refs if kind == "ldm-ca" else 0, dropout, seed,
+                                lr_from_hr=degrade_on_the_fly)
+        self.degrade = OnTheFlyDegrade(self.model.scale, seed) if degrade_on_the_fly else None
+        self.find_unused_parameters = kind == "ldm-ca"
+
+    def dataset(self):
+        return self.data
+
+    def module(self):
+        return DiffusionModule(self.model, self.degrade)
+
+    def validate(self, module, batch, path: Path) -> None:
+        """LR (upsampled) | DDIM sample | HR for the validation batch."""
+        hr, lr = batch["hr"], batch.get("lr")
+        if lr is None:
+            hr, lr = module.degrade(hr, batch["degrade_key"])
+        lr_ctx, ref_ctx = module.contexts(lr, batch.get("refs"), batch.get("ref_mask"))
+        sample = ddim_sample(module.model, lr, lr_ctx, ref_ctx, self.validation_steps, self.seed)
+        up = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False)
+        save_grid([up, sample, hr], path)
+
+    def export(self, module, folder: Path) -> None:
+        module.model.save_pretrained(folder)
+
+
+@torch.no_grad()
+def ddim_sample(model: RefSRModel, lr, lr_ctx, ref_ctx, steps: int, seed: int) -> torch.Tensor:
+    """A plain DDIM sample (eta 0) for validation images: (B, 3, 4h, 4w) in [-1, 1]."""
+    from diffusers import DDIMScheduler
+
+    from ..seeding import torch_generator_for
+
+    sched = DDIMScheduler.from_config(model.scheduler_config)
+    sched.set_timesteps(steps, device=lr.device)
+    c = model.vqvae.config.latent_channels
+    gen = torch_generator_for(seed, "validation", device=lr.device)
+    z = torch.randn((lr.shape[0], c, *lr.shape[-2:]), generator=gen, device=lr.device, dtype=lr.dtype)
+    for t in sched.timesteps:
+        eps = model(z, t.expand(lr.shape[0]), lr, lr_ctx, ref_ctx)
+        z = sched.step(eps, t, z).prev_sample
+    return model.decode(z)

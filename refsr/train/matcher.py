@@ -1,0 +1,390 @@
+"""Stage ``matcher``: contrastive training of the stage-2 patch matcher (InfoNCE).
+
+The network is :class:`MatcherNet`: the retrieval trunk (``refsr.retrieval.match``'s
+ResNet trunk, cut after ``layer{depth}``) followed by a per-cell projection head (two
+1x1 convolutions). Because the head acts on every cell of the feature map, ``match``
+pools the projected map over its windows exactly as training pools it over a patch:
+what is trained is what is scored.
+
+A positive pair (:class:`PositivePairs`) is a clean ``patch`` x ``patch`` fragment of a
+photo and a second fragment of the same photo, shifted by up to ``max_shift`` x patch
+(so the two overlap), degraded with Real-ESRGAN's second-order model (the torch executor
+of :mod:`refsr.degrade`, parameters drawn per sample) and bicubically upsampled back to
+the patch size, as ``match --query lr`` sees an LR target. The other fragments of the
+batch are the negatives. Loss: symmetric InfoNCE (van den Oord et al. 2018, eq. 4;
+CLIP's two-way form) on L2-normalised, spatially averaged projected features.
+
+Run folder: that of :func:`refsr.train.loop.run_training`, plus ``split.json`` (which
+images were held out) and ``eval.json`` (held-out location accuracy, see
+:mod:`refsr.retrieval.matcher_eval`). ``RUN/model/`` is the matcher folder that
+``refsr match --matcher RUN/model`` loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError, MissingWeightsError
+from ..io import IMAGE_EXTENSIONS, list_images, read_pair_manifest, read_rgb, write_json
+from ..seeding import rng_for
+from .loop import Stage, TrainOptions, run_training, save_grid
+
+log = logging.getLogger("refsr.train")
+
+NET_CLASS = "MatcherNet"
+EXPORT_DTYPES = ("float16", "float32")
+# loop options of the matcher stage when the command line leaves them unset
+MATCHER_TRAIN_DEFAULTS = {"batch_size": 32, "lr": 3e-4, "grad_clip": 1.0, "ema_decay": 0.99, "warmup_steps": 50,
+                          "lr_schedule": "cosine", "validate_every": 500}
+
+
+# ---------------------------------------------------------------------------------------
+# The network: trunk + per-cell projection head
+# ---------------------------------------------------------------------------------------
+
+
+class MatcherNet(nn.Module):
+    """ResNet trunk + 1x1-conv projection head: images -> projected feature maps.
+
+    Args:
+        arch (`str`, defaults to ``"resnet34"``): torchvision ResNet of the trunk.
+        depth (`int`, defaults to 3): last residual stage kept (output stride 4 * 2 ** (depth - 1)).
+        head_dim (`int`, defaults to 128): channels of the projected map.
+
+    ``forward``: (B, 3, H, W) float32 RGB in [0, 1] -> (B, head_dim, H / s, W / s) float32
+    (s = ``self.stride``). Attributes ``stride`` and ``config`` as the retrieval trunk's.
+    """
+
+    def __init__(self, arch: str = "resnet34", depth: int = 3, head_dim: int = 128, trunk: nn.Module | None = None):
+        super().__init__()
+        from ..retrieval.match import MATCHER_FORMAT, ResNetTrunk
+
+        if head_dim < 1:
+            raise ValueError(f"head_dim must be >= 1, got {head_dim}")
+        self.trunk = trunk if trunk is not None else ResNetTrunk(arch, depth)
+        was_training = self.trunk.training
+        with torch.no_grad():
+            channels = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+        self.trunk.train(was_training)
+        self.head = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Conv2d(channels, head_dim, 1))
+        self.stride = self.trunk.stride
+        self.config = {"_class_name": NET_CLASS, "format": MATCHER_FORMAT, "arch": arch, "depth": depth,
+                       "head_dim": head_dim}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, P, P) in [0, 1] -> (B, head_dim) L2-normalised mean of the projected map
+        (the same pooling ``match`` applies to a query or a window)."""
+        return F.normalize(self(x).mean(dim=(2, 3)), dim=1)
+
+    def save_pretrained(self, folder, dtype: str = "float16") -> None:
+        """Write ``config.json`` + ``model.safetensors`` (weights cast to ``dtype``)."""
+        from safetensors.torch import save_file
+
+        from ..io import atomic_path
+
+        if dtype not in EXPORT_DTYPES:
+            raise ValueError(f"export dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        sd = {k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v).contiguous().cpu()
+              for k, v in self.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(sd, str(tmp))
+        write_json(folder / "config.json", {**self.config, "weights_dtype": dtype})
+
+
+def load_matcher_net(folder: str | os.PathLike) -> MatcherNet:
+    """A :class:`MatcherNet` from a folder written by ``save_pretrained`` (float32 weights).
+
+    Raises:
+        InputError: not a MatcherNet folder, or weights that do not fit its config.
+    """
+    from ..io import read_json
+    from ..retrieval.embed import load_state_dict_file
+
+    folder = Path(folder)
+    config = read_json(folder / "config.json")
+    if config.get("_class_name") != NET_CLASS:
+        raise InputError(f"{folder / 'config.json'}: not a {NET_CLASS} config (class {config.get('_class_name')!r})")
+    net = MatcherNet(config.get("arch", "resnet34"), int(config.get("depth", 3)), int(config.get("head_dim", 128)))
+    sd = load_state_dict_file(folder / "model.safetensors")
+    result = net.load_state_dict(sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(f"{folder / 'model.safetensors'}: weights do not fit {config} "
+                         f"(missing {result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]})")
+    return net
+
+
+def build_matcher_net(init: str = "imagenet", arch: str = "resnet34", depth: int = 3, head_dim: int = 128) -> MatcherNet:
+    """The network to start training from.
+
+    Args:
+        init (`str`): ``imagenet`` (torchvision weights from the torch hub cache), ``none``
+            (random, seed 0), a :class:`MatcherNet` folder (trunk and head continue; its
+            arch/depth/head_dim win), or a plain trunk folder/``.safetensors`` (the trunk).
+
+    Raises:
+        MissingWeightsError: ``imagenet`` weights not cached. InputError: a bad file.
+    """
+    from ..retrieval.match import load_matcher
+
+    path = Path(init)
+    if init not in ("imagenet", "none") and (path / "config.json").is_file():
+        from ..io import read_json
+
+        if read_json(path / "config.json").get("_class_name") == NET_CLASS:
+            return load_matcher_net(path).train()
+    try:
+        trunk = load_matcher(init, "cpu", arch=arch, depth=depth)
+    except MissingWeightsError as e:
+        raise MissingWeightsError(f"{e}; to train from scratch pass --init none") from None
+    return MatcherNet(trunk.config.get("arch", arch), int(trunk.config.get("depth", depth)), head_dim, trunk=trunk.train())
+
+
+# ---------------------------------------------------------------------------------------
+# Data: positive pairs
+# ---------------------------------------------------------------------------------------
+
+
+def image_paths(data: str | os.PathLike) -> tuple[list[Path], Path]:
+    """Images of ``data`` (a folder, searched recursively, or a pair manifest's HR crops)
+    and the root their names are taken relative to.
+
+    Raises:
+        InputError: neither a folder nor a .jsonl manifest, or no images.
+    """
+    data = Path(data)
+    if data.suffix.lower() == ".jsonl":
+        paths, root = [Path(r["hr_path"]) for r in read_pair_manifest(data)], data.parent
+    elif data.is_dir():
+        paths, root = list_images(data, recursive=True), data
+    else:
+        raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a pair manifest .jsonl")
+    if not paths:
+        raise InputError(f"{data}: no images found")
+    return sorted(paths), root
+
+
+def split_images(paths: list[Path], root: Path, holdout: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic split by image: ``(train, held_out)``; an image is held out when
+    ``rng_for(seed, "matcher-split", its relative path)`` draws below ``holdout``.
+
+    Raises:
+        InputError: a split that leaves no training image (or no held-out image when
+            ``holdout > 0``).
+    """
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    held = {p for p in paths if rng_for(seed, "matcher-split", Path(os.path.relpath(p, root)).as_posix()).random() < holdout}
+    train, test = [p for p in paths if p not in held], [p for p in paths if p in held]
+    if not train or (holdout > 0 and not test):
+        raise InputError(f"{root}: {len(paths)} image(s) split into {len(train)} for training and {len(test)} held out "
+                         f"(--holdout {holdout}); need at least one of each")
+    return train, test
+
+
+def fit_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale (area) an (H, W, 3) image so its longer side is at most ``max_side``."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return rgb
+    f = max_side / max(h, w)
+    return cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
+class PositivePairs(torch.utils.data.Dataset):
+    """Positive pairs for InfoNCE, indexed by global sample number.
+
+    Item ``g`` -> ``ref`` and ``query`` (3, P, P) float32 in [0, 1] (the query still clean:
+    it is degraded on the fly by :class:`MatcherModule`) and ``degrade_key`` (str). The
+    query window is the reference window shifted by up to ``max_shift`` x P on each axis
+    (clipped to the image); both get the same horizontal flip. Images are downscaled to
+    ``max_side`` and reflect-padded to at least P.
+    """
+
+    def __init__(self, paths: list[Path], patch: int, seed: int = 0, max_shift: float = 0.25, max_side: int | None = 512):
+        from .data import _pad_to
+
+        if not paths:
+            raise InputError("no training images")
+        self.paths, self.patch, self.seed, self.max_shift, self.max_side = list(paths), patch, seed, max_shift, max_side
+        self._pad = _pad_to
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = self._pad(fit_side(read_rgb(self.paths[i]), self.max_side), self.patch)
+        return self._cache[i]
+
+    def __getitem__(self, g: int) -> dict:
+        from .data import to_tensor
+
+        rng = rng_for(self.seed, "matcher-sample", g)
+        img = self.image(int(rng.integers(len(self.paths))))
+        (h, w), p = img.shape[:2], self.patch
+        y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        s = int(self.max_shift * p)
+        qy = int(np.clip(y + rng.integers(-s, s + 1), 0, h - p))
+        qx = int(np.clip(x + rng.integers(-s, s + 1), 0, w - p))
+        ref, query = img[y : y + p, x : x + p], img[qy : qy + p, qx : qx + p]
+        if rng.random() < 0.5:
+            ref, query = ref[:, ::-1], query[:, ::-1]
+        as01 = lambda a: (to_tensor(a.copy()) + 1) / 2  # noqa: E731
+        return {"ref": as01(ref), "query": as01(query), "degrade_key": f"matcher-{g}"}
+
+
+# ---------------------------------------------------------------------------------------
+# Loss and training module
+# ---------------------------------------------------------------------------------------
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.07) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE over a batch: row i of ``q`` and row i of ``k`` are positives,
+    all other rows negatives.
+
+    Args:
+        q, k: (B, D) L2-normalised embeddings.
+        temperature: softmax temperature tau (logits = q k^T / tau).
+
+    Returns:
+        ``(loss, top1)``: scalar loss = mean of the two cross-entropies (q->k and k->q,
+        van den Oord et al. 2018 eq. 4), and the fraction of rows of ``q`` whose best
+        match in ``k`` is their positive.
+    """
+    logits = q @ k.T / temperature
+    target = torch.arange(q.shape[0], device=q.device)
+    loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    return loss, (logits.argmax(dim=1) == target).float().mean()
+
+
+class MatcherModule(nn.Module):
+    """``forward(batch, generator) -> (loss, logs)`` for the loop.
+
+    ``batch``: ``ref``, ``query`` (B, 3, P, P) float32 in [0, 1], ``degrade_key`` (B str).
+    The query is degraded (Real-ESRGAN, ``scale``) and upsampled back to P bicubically
+    without gradients, then both sides go through the same network.
+    """
+
+    def __init__(self, net: MatcherNet, scale: int = 4, temperature: float = 0.07, seed: int = 0,
+                 preset: str = "realesrgan"):
+        super().__init__()
+        from ..degrade import resolve_config
+
+        self.net, self.scale, self.temperature, self.seed = net, scale, temperature, seed
+        self.degrade_config = resolve_config(preset)
+
+    def degraded(self, query: torch.Tensor, keys) -> torch.Tensor:
+        """(B, 3, P, P) clean in [0, 1] -> degraded LR upsampled to (B, 3, P, P) in [0, 1]."""
+        from ..degrade import degrade_batch, sample_params
+
+        with torch.no_grad():
+            params = [sample_params(self.seed, str(k), self.degrade_config) for k in keys]
+            lr = degrade_batch(query.float(), params, self.scale)
+            up = F.interpolate(lr, size=query.shape[-2:], mode="bicubic", align_corners=False)
+        return up.clamp(0, 1).to(query.dtype)
+
+    def forward(self, batch: dict, generator=None):
+        query = self.degraded(batch["query"], batch["degrade_key"])
+        loss, top1 = info_nce(self.net.embed(query), self.net.embed(batch["ref"]), self.temperature)
+        return loss, {"batch_top1": top1.detach()}
+
+
+class MatcherStage(Stage):
+    """Train a :class:`MatcherNet` on positive pairs cut from ``train_paths``."""
+
+    name = "matcher"
+
+    def __init__(self, train_paths: list[Path], init: str = "imagenet", arch: str = "resnet34", depth: int = 3,
+                 head_dim: int = 128, patch: int = 96, scale: int = 4, temperature: float = 0.07, seed: int = 0,
+                 max_shift: float = 0.25, max_side: int | None = 512, preset: str = "realesrgan",
+                 export_dtype: str = "float16"):
+        if patch % scale:
+            raise InputError(f"patch {patch} is not a multiple of the scale {scale}")
+        if export_dtype not in EXPORT_DTYPES:
+            raise ValueError(f"export dtype {export_dtype!r} is not one of {', '.join(EXPORT_DTYPES)}")
+        torch.manual_seed(seed)
+        self.net = build_matcher_net(init, arch, depth, head_dim)
+        self.data = PositivePairs(train_paths, patch, seed, max_shift, max_side)
+        self.scale, self.temperature, self.seed, self.preset, self.export_dtype = scale, temperature, seed, preset, export_dtype
+
+    def dataset(self):
+        return self.data
+
+    def module(self):
+        return MatcherModule(self.net, self.scale, self.temperature, self.seed, self.preset)
+
+    def validate(self, module, batch, path: Path) -> None:
+        """Grid: clean reference | degraded, upsampled query."""
+        query = module.degraded(batch["query"], batch["degrade_key"])
+        save_grid([batch["ref"] * 2 - 1, query * 2 - 1], path)
+
+    def export(self, module, folder: Path) -> None:
+        from ..models.ldm import _replace_dir
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        module.net.save_pretrained(tmp, dtype=self.export_dtype)
+        _replace_dir(tmp, folder)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+def train_matcher(data: str | os.PathLike, opts: TrainOptions, init: str = "imagenet", arch: str = "resnet34",
+                  depth: int = 3, head_dim: int = 128, patch: int = 96, scale: int = 4, temperature: float = 0.07,
+                  holdout: float = 0.1, max_shift: float = 0.25, max_side: int | None = 512,
+                  export_dtype: str = "float16", eval_queries: int = 2, eval_stride: int | None = None) -> dict:
+    """Train the patch matcher, export ``RUN/model`` and evaluate it on held-out images.
+
+    Steps: 1. split ``data``'s images by image (``holdout``), write ``RUN/split.json``;
+    2. :func:`run_training` on positive pairs from the training images; 3. location
+    accuracy on the held-out images of the trained matcher, random weights and ImageNet
+    weights (when cached), written to ``RUN/eval.json``.
+
+    Returns:
+        ``{"model": str, "train_images": int, "held_out": int, "eval": {...}}`` (``eval`` as
+        :func:`refsr.retrieval.matcher_eval.compare_matchers`; empty without held-out images).
+    """
+    from ..device import resolve_device
+    from ..retrieval.matcher_eval import compare_matchers
+
+    paths, root = image_paths(data)
+    train, held = split_images(paths, root, holdout, opts.seed)
+    run = Path(opts.output)
+    rel = lambda ps: [Path(os.path.relpath(p, root)).as_posix() for p in ps]  # noqa: E731
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        write_json(run / "split.json", {"data": str(data), "root": str(root), "holdout": holdout, "seed": opts.seed,
+                                        "train": rel(train), "held_out": rel(held)})
+    stage = MatcherStage(train, init, arch, depth, head_dim, patch, scale, temperature, opts.seed, max_shift,
+                         max_side, export_dtype=export_dtype)
+    model = run_training(stage, opts)
+    result = {"model": str(model), "train_images": len(train), "held_out": len(held), "eval": {}}
+    if main and held:
+        specs = {"trained": str(model), "random": "none", "imagenet": "imagenet"}
+        result["eval"] = compare_matchers(specs, held, patch=patch, stride=eval_stride or patch // 4, scale=scale,
+                                          per_image=eval_queries, seed=opts.seed, max_side=max_side,
+                                          device=str(resolve_device(opts.device)), depth=stage.net.config["depth"],
+                                          arch=arch)
+        write_json(run / "eval.json", result)
+    return result

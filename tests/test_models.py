@@ -1,0 +1,198 @@
+"""RefSRModel and the reference branch: zero-init equality, gradients, cached K/V, masks,
+save/load, --init-from a diffusers folder, config errors. Tiny random models on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from refsr.errors import InputError
+from refsr.models import RefSRModel, load_config
+
+MICRO = {
+    "scale": 4, "patch_size": 32, "ref_size": 32, "max_refs": 2,
+    "vqvae": {"block_out_channels": [8, 8, 16], "down_block_types": ["DownEncoderBlock2D"] * 3,
+              "up_block_types": ["UpDecoderBlock2D"] * 3, "layers_per_block": 1, "latent_channels": 3,
+              "num_vq_embeddings": 32, "norm_num_groups": 4},
+    "unet": {"block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+             "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1, "attention_head_dim": 8,
+             "norm_num_groups": 4},
+    "ref_branch": {"ca_levels": [0, 1, 2], "head_dim": 8},
+}
+
+
+def _inputs(model, b=3, r=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p, s = model.patch_size, model.ref_size
+    lr = torch.rand(b, 3, p // 4, p // 4, generator=g) * 2 - 1
+    noisy = torch.randn(b, 3, p // 4, p // 4, generator=g)
+    refs = torch.rand(b, r, 3, s, s, generator=g) * 2 - 1
+    t = torch.randint(0, 1000, (b,), generator=g)
+    return noisy, t, lr, refs
+
+
+def _randomise_out(model, std=0.1):
+    torch.manual_seed(1)
+    for level in model.ref_branch.attn.values():
+        torch.nn.init.normal_(level.to_out.weight, std=std)
+        torch.nn.init.normal_(level.to_out.bias, std=std)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return RefSRModel.from_config("tiny", kind="ldm-ca").eval()
+
+
+def test_zero_projection_gives_exactly_the_unet_output(tiny):
+    noisy, t, lr, refs = _inputs(tiny)
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])
+    with torch.no_grad():
+        plain = tiny.unet(torch.cat([noisy, lr], 1), t).sample
+        ctx = tiny.encode_references(refs, mask)
+        out = tiny(noisy, t, lr, tiny.encode_lr(torch.nn.functional.interpolate(lr, scale_factor=4)), ctx)
+        none = tiny(noisy, t, lr, None, tiny.encode_references(refs[:, :0]))
+    assert torch.equal(out, plain)
+    assert torch.equal(none, plain)  # zero references: the plain U-Net
+
+
+def test_cached_keys_values_equal_recomputation_and_padding_is_ignored():
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm-ca").eval()
+    _randomise_out(model)
+    noisy, t, lr, refs = _inputs(model, b=2, r=2)
+    mask = torch.tensor([[True, False], [True, True]])
+    with torch.no_grad():
+        ctx = model.encode_references(refs, mask)
+        cached = [model(noisy, t + k, lr, None, ctx) for k in range(2)]
+        fresh = [model(noisy, t + k, lr, None, model.encode_references(refs, mask)) for k in range(2)]
+        single = model(noisy[:1], t[:1], lr[:1], None, model.encode_references(refs[:1, :1]))
+        plain = model.unet(torch.cat([noisy, lr], 1), t).sample
+    for a, b in zip(cached, fresh):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # image 0: one real ref + one padding slot == that ref alone
+    torch.testing.assert_close(cached[0][:1], single, atol=1e-5, rtol=1e-5)
+    assert (cached[0] - plain).abs().amax() > 1e-3  # the trained-looking branch does act
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "max", "joint"])
+def test_other_aggregations_respect_the_mask(aggregation):
+    cfg = json.loads(json.dumps(MICRO))
+    cfg["ref_branch"]["aggregation"] = aggregation
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(cfg, kind="ldm-ca").eval()
+    _randomise_out(model)
+    noisy, t, lr, refs = _inputs(model, b=2, r=2)
+    with torch.no_grad():
+        padded = model(noisy, t, lr, None, model.encode_references(refs, torch.tensor([[True, False], [False, False]])))
+        alone = model(noisy[:1], t[:1], lr[:1], None, model.encode_references(refs[:1, :1]))
+        plain = model.unet(torch.cat([noisy, lr], 1), t).sample
+    torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=1e-5)
+    assert torch.equal(padded[1], plain[1])  # no real reference: untouched
+
+
+def test_training_steps_reach_every_branch_parameter():
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm-ca")
+    branch = model.ref_branch
+    opt = torch.optim.Adam([p for p in branch.parameters()], lr=1e-2)
+    noisy, t, lr, refs = _inputs(model, b=2, r=2)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    with torch.no_grad():
+        before = model(noisy, t, lr, None, model.encode_references(refs, mask))
+    touched = {n: False for n, _ in branch.named_parameters()}
+    for step in range(3):
+        opt.zero_grad()
+        out = model(noisy, t, lr, None, model.encode_references(refs, mask))
+        ((out - noisy) ** 2).mean().backward()
+        grads = {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in branch.named_parameters()}
+        if step == 0:  # only the zero output projections can move first
+            assert all(grads[n] for n in grads if n.startswith("attn.") and ".to_out." in n)
+            assert not any(grads[n] for n in grads if n.startswith("e_ref."))
+        touched = {n: touched[n] or grads[n] for n in touched}
+        opt.step()
+    assert all(touched.values()), [n for n, v in touched.items() if not v][:5]
+    with torch.no_grad():
+        after = model(noisy, t, lr, None, model.encode_references(refs, mask))
+    assert (after - before).abs().amax() > 1e-4
+
+
+def test_export_reload_gives_the_same_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm-ca").eval()
+    _randomise_out(model)
+    model.save_pretrained(tmp_path / "model")
+    again = RefSRModel.from_pretrained(tmp_path / "model").eval()
+    assert again.kind == "ldm-ca" and again.patch_size == 32 and again.ref_size == 32
+    assert json.loads((tmp_path / "model" / "refsr.json").read_text())["format"] == "refsr.model/1"
+    noisy, t, lr, refs = _inputs(model, b=2, r=2)
+    hr = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a = model(noisy, t, lr, None, model.encode_references(refs))
+        b = again(noisy, t, lr, None, again.encode_references(refs))
+        assert torch.equal(model.decode(model.encode(hr)), again.decode(again.encode(hr)))
+    assert torch.equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["ref_branch", "refsr.json", "scheduler", "unet", "vqvae"]
+
+
+def test_init_from_a_diffusers_ldm_sr_folder(tmp_path):
+    from diffusers import DDIMScheduler
+
+    from refsr.train.diffusion import build_model
+
+    torch.manual_seed(0)
+    base = RefSRModel.from_config(MICRO, kind="ldm")
+    folder = tmp_path / "ldm-sr"
+    base.vqvae.save_pretrained(folder / "vqvae")
+    base.unet.save_pretrained(folder / "unet")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155).save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text('{"_class_name": "LDMSuperResolutionPipeline"}')
+
+    plain = RefSRModel.from_pretrained(folder)
+    assert plain.kind == "ldm" and plain.ref_branch is None and plain.scale == 4
+    model = build_model(MICRO, "ldm-ca", init_from=folder).eval()
+    assert torch.equal(model.ref_branch.e_lr.conv_in.weight, base.unet.conv_in.weight)
+    assert torch.equal(model.ref_branch.e_ref.down_blocks[0].resnets[0].conv1.weight,
+                       base.unet.down_blocks[0].resnets[0].conv1.weight)
+    noisy, t, lr, refs = _inputs(model, b=2, r=2)
+    with torch.no_grad():
+        out = model(noisy, t, lr, None, model.encode_references(refs))
+        loaded = model.unet(torch.cat([noisy, lr], 1), t).sample
+        ref = base.unet(torch.cat([noisy, lr], 1), t).sample
+    assert torch.equal(out, loaded)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)  # same weights, reloaded
+
+
+def test_missing_part_of_a_model_folder_is_named(tmp_path):
+    (tmp_path / "m" / "vqvae").mkdir(parents=True)
+    with pytest.raises(InputError, match="unet/config.json is missing"):
+        RefSRModel.from_pretrained(tmp_path / "m")
+
+
+def test_config_files_json_and_yaml_and_unknown_keys(tmp_path):
+    cfg = load_config("paper")
+    assert cfg["unet"]["block_out_channels"] == [160, 320, 320, 640] and cfg["vqvae"]["num_vq_embeddings"] == 8192
+    assert cfg["unet"]["in_channels"] == 6 and cfg["scheduler"]["beta_end"] == 0.0155
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(MICRO))
+    assert load_config(tmp_path / "c.yaml")["unet"]["block_out_channels"] == [16, 32]
+    bad = json.loads(json.dumps(MICRO))
+    bad["unet"]["chanels"] = 3
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match=r"bad.json: unet: unknown key 'chanels'"):
+        load_config(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="neither a file nor one of"):
+        load_config("huge")
+
+
+def test_vq_of_the_wrong_latent_size_is_refused(tmp_path):
+    from refsr.models.autoencoder import build_vqvae
+    from refsr.train.diffusion import build_model
+
+    vq = build_vqvae({**MICRO["vqvae"], "latent_channels": 4})
+    vq.save_pretrained(tmp_path / "vq" / "model" / "vqvae")
+    with pytest.raises(InputError, match="4 latent channels but the U-Net expects 6"):
+        build_model(MICRO, "ldm", vqvae_dir=tmp_path / "vq")
