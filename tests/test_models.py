@@ -167,6 +167,7 @@ def test_init_from_a_diffusers_ldm_sr_folder(tmp_path):
 
 def test_missing_part_of_a_model_folder_is_named(tmp_path):
     (tmp_path / "m" / "vqvae").mkdir(parents=True)
+    (tmp_path / "m" / "vqvae" / "config.json").write_text("{}")
     with pytest.raises(InputError, match="unet/config.json is missing"):
         RefSRModel.from_pretrained(tmp_path / "m")
 
