@@ -92,6 +92,14 @@ def test_batched_equals_one_by_one(batch):
         assert pi.item() == pytest.approx(p[i].item(), abs=1e-9) and si.item() == pytest.approx(s[i].item(), abs=1e-9)
 
 
+def test_float32_path_is_close_to_float64(batch):
+    pred, gt = batch
+    p64, s64 = fidelity.psnr_ssim(pred, gt, border=4)
+    p32, s32 = fidelity.psnr_ssim(pred, gt, border=4, dtype=torch.float32)
+    assert s32.dtype == torch.float32
+    assert (s32.double() - s64).abs().max() < 1e-5 and (p32.double() - p64).abs().max() < 1e-3
+
+
 def test_identical_images_give_infinite_psnr_and_unit_ssim(batch):
     _, gt = batch
     p, s = fidelity.psnr_ssim(gt, gt.clone())

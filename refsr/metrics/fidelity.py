@@ -54,8 +54,8 @@ def quantize_8bit(images, dtype=None):
     """
     import torch
 
-    dtype = dtype or torch.float64
-    return torch.round(images.to(dtype).clamp(0.0, 1.0) * PEAK)
+    x = images.to(dtype or torch.float64, copy=True)
+    return x.clamp_(0.0, 1.0).mul_(PEAK).round_()
 
 
 def rgb_to_y(images255):
@@ -64,8 +64,10 @@ def rgb_to_y(images255):
     Returns (B, 1, H, W) in [16, 235], same dtype, not rounded (as BasicSR's
     ``to_y_channel``).
     """
-    weights = images255.new_tensor(BT601_Y_WEIGHTS).view(1, 3, 1, 1) / PEAK
-    return (images255 * weights).sum(dim=1, keepdim=True) + BT601_Y_OFFSET
+    wr, wg, wb = (w / PEAK for w in BT601_Y_WEIGHTS)
+    y = images255[:, 0:1] * wr
+    y.add_(images255[:, 1:2], alpha=wg).add_(images255[:, 2:3], alpha=wb)
+    return y.add_(BT601_Y_OFFSET)
 
 
 def crop_border(images, border: int):
@@ -80,7 +82,7 @@ def crop_border(images, border: int):
     return images[..., border:-border, border:-border]
 
 
-def prepare(images, border: int = 0, color: str = "y", quantize: bool = True):
+def prepare(images, border: int = 0, color: str = "y", quantize: bool = True, dtype=None):
     """The array PSNR and SSIM see: 8-bit rounded, cropped, Y or RGB, on the 0-255 scale.
 
     Args:
@@ -88,15 +90,18 @@ def prepare(images, border: int = 0, color: str = "y", quantize: bool = True):
         border (`int`, defaults to 0): pixels removed on each side.
         color (`str`, defaults to ``"y"``): ``"y"`` (BT.601 luma) or ``"rgb"``.
         quantize (`bool`, defaults to True): round to 8-bit values first.
+        dtype (`torch.dtype`, defaults to float64): float32 is faster, with SSIM about
+            2e-6 away from float64 on photos.
 
     Returns:
-        (B, 1 or 3, H - 2 border, W - 2 border) float64 on the 0-255 scale.
+        (B, 1 or 3, H - 2 border, W - 2 border) ``dtype`` on the 0-255 scale.
     """
     import torch
 
     _check_color(color)
-    x = quantize_8bit(images) if quantize else images.to(torch.float64) * PEAK
-    x = crop_border(x, border)
+    dtype = dtype or torch.float64
+    x = crop_border(images, border)  # a view: crop before converting
+    x = quantize_8bit(x, dtype) if quantize else x.to(dtype) * PEAK
     return rgb_to_y(x) if color == "y" else x
 
 
@@ -130,22 +135,31 @@ def gaussian_kernel_1d(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype
 
 
 def _gaussian_filter_valid(maps, kernel):
-    """Separable 'valid' Gaussian filtering of (N, C, H, W) maps with a 1-D ``kernel``."""
-    import torch.nn.functional as F
+    """Separable 'valid' Gaussian filtering of (N, C, H, W) maps with a 1-D ``kernel``.
 
-    n, c = maps.shape[:2]
-    k = kernel.numel()
-    flat = maps.reshape(n * c, 1, *maps.shape[-2:])
-    flat = F.conv2d(flat, kernel.view(1, 1, k, 1))  # along H
-    flat = F.conv2d(flat, kernel.view(1, 1, 1, k))  # along W
-    return flat.view(n, c, *flat.shape[-2:])
+    Each 1-D pass is k shifted, weighted, in-place additions over the whole batch: the
+    same sums as a 2-D 'valid' convolution with the outer-product window, in about
+    2k instead of k^2 multiply-adds per pixel, and memory-bound rather than im2col-bound.
+    """
+    taps = kernel.tolist()
+    n = len(taps)
+    h = maps.shape[-2] - n + 1
+    rows = maps[..., 0:h, :] * taps[0]
+    for i in range(1, n):  # along H
+        rows.add_(maps[..., i:i + h, :], alpha=taps[i])
+    w = maps.shape[-1] - n + 1
+    out = rows[..., 0:w] * taps[0]
+    for i in range(1, n):  # along W
+        out.add_(rows[..., i:i + w], alpha=taps[i])
+    return out
 
 
 def ssim_prepared(x, y):
     """SSIM per image of arrays already prepared by :func:`prepare` (0-255 scale).
 
     Args:
-        x, y (`torch.Tensor`): (B, C, H, W) float, H and W at least 11.
+        x, y (`torch.Tensor`): (B, C, H, W) float (float64, or float32 for speed: about
+            2e-6 from float64 on photos), H and W at least 11.
 
     Returns:
         (B,) float: the mean of the SSIM map over valid windows and channels.
@@ -154,15 +168,19 @@ def ssim_prepared(x, y):
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} after cropping; got {tuple(x.shape[-2:])}")
     import torch
 
-    b, c = x.shape[:2]
+    c = x.shape[1]
     kernel = gaussian_kernel_1d(dtype=x.dtype, device=x.device)
     c1, c2 = (SSIM_K1 * PEAK) ** 2, (SSIM_K2 * PEAK) ** 2
-    # 1. Local means and second moments with one batched filtering (Wang et al. 2004, Eq. 14-16).
+    # 1. Centre both images on mid-grey: (co)variances do not change, and the second
+    #    moments stay small, which keeps float32 round-off low.
+    x, y = x - 128.0, y - 128.0
+    # 2. Local means and second moments in one batched filtering (Wang et al. 2004, Eq. 14-16).
     stats = _gaussian_filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel)
     mu_x, mu_y, xx, yy, xy = stats.split(c, dim=1)
-    # 2. Variances and covariance (population form, as BasicSR and MATLAB).
+    # 3. Variances and covariance (population form, as BasicSR and MATLAB).
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-    # 3. SSIM map (Eq. 13) and its mean over positions and channels.
+    mu_x, mu_y = mu_x + 128.0, mu_y + 128.0
+    # 4. SSIM map (Eq. 13) and its mean over positions and channels.
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
     return (num / den).mean(dim=(1, 2, 3))
@@ -182,8 +200,11 @@ def ssim(pred, gt, border: int = 0, color: str = "y", quantize: bool = True):
     return ssim_prepared(prepare(pred, border, color, quantize), prepare(gt, border, color, quantize))
 
 
-def psnr_ssim(pred, gt, border: int = 0, color: str = "y", quantize: bool = True):
-    """Both metrics from one preparation of the images: ((B,) PSNR in dB, (B,) SSIM)."""
+def psnr_ssim(pred, gt, border: int = 0, color: str = "y", quantize: bool = True, dtype=None):
+    """Both metrics from one preparation of the images: ((B,) PSNR in dB, (B,) SSIM).
+
+    See :func:`prepare` for the arguments; ``dtype`` defaults to float64 (as BasicSR).
+    """
     _check_pair(pred, gt)
-    x, y = prepare(pred, border, color, quantize), prepare(gt, border, color, quantize)
+    x, y = prepare(pred, border, color, quantize, dtype), prepare(gt, border, color, quantize, dtype)
     return _psnr_prepared(x, y), ssim_prepared(x, y)
