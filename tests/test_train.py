@@ -19,6 +19,15 @@ FAST = {**MICRO, "train": {"lr": 2e-3, "batch_size": 2, "warmup_steps": 0, "ema_
                            "lpips_weight": 0.0}}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny models run faster so on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_pairs(root: Path, photos: dict) -> tuple[Path, Path]:
     """A pair manifest (HR 64x48, LR 16x12 by area) and a matches file with two boxes each."""
     pairs, matches = [], []
@@ -63,10 +72,9 @@ def test_lr_schedule_and_step_sampler():
 def test_diffusion_overfits_a_fixed_batch(pairs):
     from refsr.train.diffusion import DiffusionStage
 
-    stage = DiffusionStage(pairs[0], config=FAST, kind="ldm-ca", matches=pairs[1], init_from=None, ref_dropout=0.0)
+    stage = DiffusionStage(pairs[0], config=FAST, kind="ldm", init_from=None)
     module = stage.module()
     batch = torch.utils.data.default_collate([stage.dataset()[i] for i in range(2)])
-    assert batch["ref_mask"].any()
     opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(150):
