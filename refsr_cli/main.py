@@ -97,7 +97,10 @@ def cli(ctx, verbose, quiet):
     ctx.obj["quiet"] = quiet
     set_quiet(quiet)
     level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
-    logging.basicConfig(level=level, format="%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s")
+    # Third-party libraries (open_clip, diffusers, accelerate) log at INFO: keep them to
+    # warnings unless -v; refsr's own messages follow -q/-v.
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s")
     logging.getLogger("refsr").setLevel(level)
 
 
