@@ -48,7 +48,7 @@ def index_refs(inputs, index_dir, model, pretrained, weights, batch_size, worker
             d = index_info(index_dir)
             pending = f", pending parts: {' '.join(d['pending_parts'])}" if d["pending_parts"] else ""
             report(f"{index_dir}: {d['count']} images, model {d['model']}, dim {d['dim']}, "
-                   f"{d['bytes'] / 1e6:.1f} MB on disk, generation {d['generation']}{pending}")
+                   f"{_size(d['bytes'])} on disk, generation {d['generation']}{pending}")
         else:
             s = build_index(index_dir, prune=prune)
             report(f"{index_dir}: {s.count} images (+{s.added} added, {s.replaced} replaced, {s.pruned} pruned)")
@@ -67,3 +67,10 @@ def _device(spec):
     from refsr.device import resolve_device
 
     return str(resolve_device(spec))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "refsr.index/1"
 PART_FORMAT = "refsr.index-part/1"
 FILES = ("index.bin", "items.jsonl", "index.json")  # commit order: index.json last
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 128
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 256
 
 
 # ---------------------------------------------------------------------------------------

@@ -118,6 +118,10 @@ def _load_matcher_folder(path: Path):
         config = read_json(config_path)
         if config.get("format") != MATCHER_FORMAT:
             raise InputError(f"{config_path}: not a matcher config (format {config.get('format')!r}, want {MATCHER_FORMAT!r})")
+        if config.get("_class_name") == "MatcherNet":  # trunk + projection head, from `refsr train --stage matcher`
+            from ..train.matcher import load_matcher_net
+
+            return load_matcher_net(folder)
     weights = path if path.is_file() and path.suffix == ".safetensors" else folder / "model.safetensors"
     model = ResNetTrunk(config.get("arch", "resnet34"), int(config.get("depth", 3)))
     sd = load_state_dict_file(weights)
