@@ -73,6 +73,7 @@ def evaluate(pred, gt, metrics, crop_border, color, suffix, output, csv_path, st
       refsr evaluate --pred out/ --metrics clipiqa          # no ground truth
       refsr evaluate --compare ldm/report.json ldm_ca/report.json --names LDM,LDM+CA
     """
+    from refsr.errors import InputError
     from refsr.metrics import report as rep
 
     if compare:
@@ -88,6 +89,10 @@ def evaluate(pred, gt, metrics, crop_border, color, suffix, output, csv_path, st
     csv_path = csv_path or output.with_name("per_image.csv")
     if output.exists() and not overwrite:
         existing = rep.read_report(output)
+        request = rep.request_of(pred, gt, metrics, crop_border, color, suffix, lpips_net)
+        if existing.get("request") != request:
+            changed = [k for k in request if (existing.get("request") or {}).get(k, "?") != request[k]]
+            raise InputError(f"{output} exists from another request (differs in {', '.join(changed)}); use --overwrite or another -o")
         report(rep.format_table(existing))
         warn(f"{output} exists: shown, not recomputed (use --overwrite to recompute)")
         _check_strict(strict, {k: v["reason"] for k, v in existing["metrics"].items() if v["status"] == "unavailable"}, output)

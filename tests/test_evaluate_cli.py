@@ -94,6 +94,9 @@ def test_identical_images_infinite_psnr_in_report(folders, tmp_path):
     run("--pred", pred, "--gt", gt, "--metrics", "psnr", "-o", tmp_path / "all.json")
     all_same = json.loads((tmp_path / "all.json").read_text())["metrics"]["psnr"]
     assert all_same["mean"] is None and all_same["infinite"] == 2
+    code, out = run("--compare", tmp_path / "report.json", tmp_path / "all.json")
+    psnr_row = next(line for line in out.splitlines() if line.startswith("PSNR"))
+    assert code == 0 and "inf" in psnr_row and "(better)" in psnr_row
 
 
 def test_unpaired_files_are_all_listed(folders):
@@ -155,6 +158,8 @@ def test_existing_report_is_kept_unless_overwrite(folders, tmp_path):
     before = out_json.read_text()
     code, out = run("--pred", pred, "--gt", gt, "--metrics", "psnr", "-o", out_json)
     assert code == 0 and "--overwrite" in out and out_json.read_text() == before
+    code, out = run("--pred", pred, "--gt", gt, "--metrics", "psnr", "--color", "rgb", "-o", out_json)
+    assert code == 1 and "another request" in out and "color" in out and out_json.read_text() == before
     run("--pred", pred, "--gt", gt, "--metrics", "psnr,ssim", "-o", out_json, "--overwrite")
     assert "ssim" in json.loads(out_json.read_text())["metrics"]
 
