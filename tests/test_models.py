@@ -162,6 +162,7 @@ def test_init_from_a_diffusers_ldm_sr_folder(tmp_path):
     plain = RefSRModel.from_pretrained(folder)
     assert plain.kind == "ldm" and plain.ref_branch is None and plain.scale == 4
     model = build_model(MICRO, "ldm-ca", init_from=folder).eval()
+    model.save_pretrained(tmp_path / "exported")  # configs loaded from disk must stay serialisable
     assert torch.equal(model.ref_branch.e_lr.conv_in.weight, base.unet.conv_in.weight)
     assert torch.equal(model.ref_branch.e_ref.down_blocks[0].resnets[0].conv1.weight,
                        base.unet.down_blocks[0].resnets[0].conv1.weight)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import InputError
 from .autoencoder import build_vqvae, init_keywords, vq_downsampling
-from .ref_branch import AGGREGATIONS, LRContext, RefBranch, RefContext
+from .ref_branch import AGGREGATIONS, LRContext, RefBranch, RefContext, branch_for
 
 log = logging.getLogger("refsr.models")
 
@@ -180,8 +180,7 @@ class RefSRModel(nn.Module):
         unet = UNet2DModel(**cfg["unet"])
         branch = None
         if kind == "ldm-ca":
-            branch = RefBranch(unet_config=dict(unet.config), **cfg["ref_branch"])
-            branch.init_from_unet(unet)
+            branch = branch_for(unet, **cfg["ref_branch"])
         return cls(vqvae, unet, branch, cfg["scheduler"], kind, cfg["scale"], cfg["patch_size"],
                    cfg["ref_size"], cfg["max_refs"])
 

@@ -273,3 +273,13 @@ class RefBranch(ModelMixin, ConfigMixin):
             raise ValueError(f"LR features {tuple(f_lr.shape[-2:])} do not match decoder features {tuple(h.shape[-2:])}")
         update = self.attn[str(i)](h, f_lr, ref_ctx.keys[i], ref_ctx.values[i], ref_ctx.mask, self.config.aggregation)
         return h + update
+
+
+def branch_for(unet, **kwargs) -> RefBranch:
+    """A reference branch for ``unet`` (its E_LR / E_Ref start from the U-Net's weights)."""
+    import json
+
+    config = json.loads(json.dumps({k: v for k, v in dict(unet.config).items() if not k.startswith("_")}, default=str))
+    branch = RefBranch(unet_config=config, **kwargs)
+    branch.init_from_unet(unet)
+    return branch

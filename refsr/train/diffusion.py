@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models.ldm import RefSRModel, _scheduler_kwargs, check_compatible, load_config
-from ..models.ref_branch import RefBranch
+from ..models.ref_branch import branch_for
 from .data import PairDataset
 from .loop import Stage, save_grid
 
@@ -66,8 +66,7 @@ def build_model(config, kind: str, vqvae_dir=None, init_from=None) -> RefSRModel
             raise InputError(f"{resolve_vqvae_dir(vqvae_dir)}: {e}") from None
     branch = None
     if kind == "ldm-ca":
-        branch = RefBranch(unet_config=dict(unet.config), **cfg["ref_branch"])
-        branch.init_from_unet(unet)
+        branch = branch_for(unet, **cfg["ref_branch"])
     return RefSRModel(vqvae, unet, branch, sched, kind, scale, cfg["patch_size"], cfg["ref_size"], cfg["max_refs"])
 
 
