@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from .common import device_option, report, seed_option, workers_option
+from .train_matcher import matcher_options, run_matcher_stage
 
-STAGES = ("autoencoder", "diffusion")
+STAGES = ("autoencoder", "diffusion", "matcher")
 
 
 def _build_autoencoder(o: dict):
@@ -72,12 +73,16 @@ def _check_stage_options(o: dict) -> None:
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--validate-every", type=click.IntRange(min=0), default=None, help="Validation grid every N steps, 0 = off.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--max-minutes", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Wall-clock cap: stop after this many minutes (checkpoint and export as at the end); "
+                   "0 = no cap. Gives runs the same time budget (e.g. LDM vs LDM+CA).")
 @click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Delete the run's checkpoints and outputs and start again.")
 @click.option("--no-lpips", is_flag=True, help="autoencoder: no LPIPS perceptual loss.")
 @seed_option
 @device_option
 @workers_option
+@matcher_options
 def train(**o):
     """Train the VQ autoencoder or the diffusion denoiser into a run folder.
 
@@ -105,6 +110,8 @@ def train(**o):
     from refsr.models import load_config
     from refsr.train import TrainOptions, run_training
 
+    if o["stage"] == "matcher":
+        return run_matcher_stage(o)
     _check_stage_options(o)
     defaults = load_config(o["config"])["train"]
     pick = lambda key, cfg_key: defaults[cfg_key] if o[key] is None else o[key]  # noqa: E731
@@ -116,8 +123,8 @@ def train(**o):
         mixed_precision=o["mixed_precision"], grad_accum=o["grad_accum"], grad_clip=pick("grad_clip", "grad_clip"),
         ema_decay=pick("ema_decay", "ema_decay"), warmup_steps=pick("warmup", "warmup_steps"),
         lr_schedule=pick("lr_schedule", "lr_schedule"), validate_every=pick("validate_every", "validate_every"),
-        log_every=o["log_every"], workers=o["workers"] or 0,
+        log_every=o["log_every"], workers=o["workers"] or 0, max_minutes=o["max_minutes"],
     )
     out = run_training(stage, opts)
     if int(os.environ.get("RANK", "0")) == 0:
-        report(f"trained {o['stage']} for {opts.steps} steps: {out}")
+        report(f"trained {o['stage']} (at most {opts.steps} steps; see metrics.jsonl): {out}")

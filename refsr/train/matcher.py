@@ -374,7 +374,7 @@ def train_matcher(data: str | os.PathLike, opts: TrainOptions, init: str = "imag
     rel = lambda ps: [Path(os.path.relpath(p, root)).as_posix() for p in ps]  # noqa: E731
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
-        write_json(run / "split.json", {"data": str(data), "root": str(root), "holdout": holdout, "seed": opts.seed,
+        write_json(run / "split.json", {"data": str(data), "root": str(Path(root).resolve()), "holdout": holdout, "seed": opts.seed,
                                         "train": rel(train), "held_out": rel(held)})
     stage = MatcherStage(train, init, arch, depth, head_dim, patch, scale, temperature, opts.seed, max_shift,
                          max_side, export_dtype=export_dtype)

@@ -1,0 +1,239 @@
+"""The matcher stage: InfoNCE, positive pairs, training, export/load, location accuracy,
+`match` with a trained matcher, and the CLI. Tiny nets on small scikit-image photos."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from refsr.errors import InputError
+from refsr.io import read_matches, write_image
+from refsr.retrieval.match import load_matcher
+from refsr.retrieval.matcher_eval import load_any_matcher, location_accuracy, make_queries
+from refsr.train import TrainOptions
+from refsr.train.matcher import (MatcherModule, MatcherNet, PositivePairs, build_matcher_net, info_nce,
+                                 load_matcher_net, split_images, train_matcher)
+
+PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "horse", "hubble_deep_field", "immunohistochemistry"]
+
+
+def _photo(name: str, size=(128, 96)) -> np.ndarray:
+    from conftest import skimage_photo
+
+    return cv2.resize(skimage_photo(name), size, interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return {n: _photo(n) for n in PHOTOS}
+
+
+@pytest.fixture
+def photos(tmp_path, pixels) -> Path:
+    folder = tmp_path / "photos"
+    for n in PHOTOS:
+        write_image(folder / f"{n}.png", pixels[n])
+    return folder
+
+
+def _opts(out, steps, **kw):
+    base = dict(output=Path(out), steps=steps, batch_size=8, lr=2e-3, device="cpu", log_every=5, warmup_steps=0,
+                validate_every=0, ema_decay=0.0, checkpoint_every=1000)
+    return TrainOptions(**{**base, **kw})
+
+
+# ---------------------------------------------------------------------------------------
+# Loss and data
+# ---------------------------------------------------------------------------------------
+
+
+def test_info_nce_values():
+    q = torch.nn.functional.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(0)), dim=1)
+    loss, top1 = info_nce(q, q, temperature=0.01)  # positives identical, negatives far apart
+    assert loss.item() < 1e-3 and top1.item() == 1.0
+    same = torch.nn.functional.normalize(torch.ones(6, 16), dim=1)
+    loss, _ = info_nce(same, same, temperature=0.07)  # nothing to tell apart: log B
+    assert math.isclose(loss.item(), math.log(6), rel_tol=1e-5)
+    loss, top1 = info_nce(q, q.roll(1, dims=0), temperature=0.01)  # positives are someone else's
+    assert loss.item() > 5 and top1.item() == 0.0
+
+
+def test_positive_pairs_overlap_and_are_reproducible(photos):
+    paths = sorted(photos.iterdir())
+    data = PositivePairs(paths, patch=32, seed=3, max_shift=0.25)
+    a, b = data[17], PositivePairs(paths, patch=32, seed=3, max_shift=0.25)[17]
+    assert torch.equal(a["ref"], b["ref"]) and torch.equal(a["query"], b["query"])
+    assert a["ref"].shape == (3, 32, 32) and a["ref"].min() >= 0 and a["ref"].max() <= 1
+    assert a["degrade_key"] == "matcher-17"
+    # the query is the reference window shifted by at most a quarter patch: some rows/cols coincide
+    for g in range(10):
+        item = data[g]
+        ref, query = item["ref"].numpy(), item["query"].numpy()
+        shifts = [(dy, dx) for dy in range(-8, 9) for dx in range(-8, 9)
+                  if np.allclose(ref[:, max(dy, 0):32 + min(dy, 0), max(dx, 0):32 + min(dx, 0)],
+                                 query[:, max(-dy, 0):32 + min(-dy, 0), max(-dx, 0):32 + min(-dx, 0)])]
+        assert shifts, f"sample {g}: query does not overlap its reference"
+
+
+def test_split_by_image_is_deterministic_and_disjoint(photos):
+    paths = sorted(photos.iterdir())
+    train, held = split_images(paths, photos, 0.3, seed=1)
+    assert (train, held) == split_images(paths, photos, 0.3, seed=1)
+    assert set(train).isdisjoint(held) and sorted(train + held) == paths and held
+    with pytest.raises(InputError, match="need at least one of each"):
+        split_images(paths[:1], photos, 0.5, seed=0)
+
+
+def test_module_degrades_query_to_lr_look(photos):
+    data = PositivePairs(sorted(photos.iterdir()), patch=32, seed=0)
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    module = MatcherModule(build_matcher_net("none", depth=1, head_dim=8), scale=4)
+    degraded = module.degraded(batch["query"], batch["degrade_key"])
+    assert degraded.shape == batch["query"].shape and degraded.min() >= 0 and degraded.max() <= 1
+    # detail is lost: high frequencies (Laplacian energy) drop for every sample
+    lap = lambda x: (x[..., 1:-1, 1:-1] * 4 - x[..., :-2, 1:-1] - x[..., 2:, 1:-1] - x[..., 1:-1, :-2]  # noqa: E731
+                     - x[..., 1:-1, 2:]).pow(2).mean(dim=(1, 2, 3))
+    assert torch.all(lap(degraded) < lap(batch["query"]))
+
+
+# ---------------------------------------------------------------------------------------
+# Network: export / load
+# ---------------------------------------------------------------------------------------
+
+
+def test_export_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = MatcherNet(depth=2, head_dim=16).eval()
+    x = torch.rand(2, 3, 48, 40)
+    net.save_pretrained(tmp_path / "f32", dtype="float32")
+    net.save_pretrained(tmp_path / "f16")
+    cfg = json.loads((tmp_path / "f16" / "config.json").read_text())
+    assert cfg["_class_name"] == "MatcherNet" and cfg["depth"] == 2 and cfg["head_dim"] == 16
+    assert cfg["format"] == "refsr.matcher/1" and cfg["weights_dtype"] == "float16"
+    with torch.no_grad():
+        y = net(x)
+        torch.testing.assert_close(load_matcher_net(tmp_path / "f32").eval()(x), y)
+        again = load_any_matcher(str(tmp_path / "f16"))
+        assert again.stride == 8 and next(again.parameters()).dtype == torch.float32
+        torch.testing.assert_close(again(x), y, atol=2e-2, rtol=2e-2)
+    assert (tmp_path / "f16" / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "f32" / "model.safetensors").stat().st_size
+    # a trained folder can be the start of another run (trunk and head continue)
+    start = build_matcher_net(str(tmp_path / "f32"))
+    torch.testing.assert_close(start.eval()(x), y)
+    with pytest.raises(InputError, match="not a MatcherNet config"):
+        load_matcher_net(_trunk_folder(tmp_path))
+
+
+def _trunk_folder(tmp_path):
+    load_matcher("none", depth=1).save_pretrained(tmp_path / "trunk")
+    return tmp_path / "trunk"
+
+
+# ---------------------------------------------------------------------------------------
+# Location accuracy
+# ---------------------------------------------------------------------------------------
+
+
+class PatchifyNet(torch.nn.Module):
+    """A local feature map without padding (random 8x8 stride-8 conv + ReLU): a window
+    aligned to the cells pools exactly the features of the same crop seen alone."""
+
+    stride = 8
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 64, 8, stride=8)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x - 0.5))
+
+
+def test_location_accuracy_finds_undegraded_crop_at_top1(pixels):
+    images = [_photo(n, (192, 128)) for n in PHOTOS[:4]]
+    net = PatchifyNet()
+    queries = make_queries(images, patch=64, stride=16, per_image=2, seed=0, preset=None)
+    assert len(queries) == 8
+    q0 = queries[0]
+    x, y, w, h = q0.box
+    assert np.array_equal(q0.rgb, images[q0.image][y:y + h, x:x + w])
+    acc = location_accuracy(net, images, queries, patch=64, stride=16)
+    assert acc["top1"] == 1.0 and acc["top10"] == 1.0 and acc["queries"] == 8
+    # the same queries claimed at a window that does not overlap their true box: never found
+    for q in queries:
+        q.box = np.array([128 if q.box[0] < 64 else 0, 64 if q.box[1] < 32 else 0, 64, 64])
+    acc = location_accuracy(net, images, queries, patch=64, stride=16, ks=(1,))
+    assert acc["top1"] == 0.0 and acc["queries"] == 8
+
+
+# ---------------------------------------------------------------------------------------
+# Training end to end
+# ---------------------------------------------------------------------------------------
+
+
+def _fixed_loss(net, photos, seed=0) -> float:
+    data = PositivePairs(sorted(photos.iterdir()), patch=32, seed=seed)
+    batch = torch.utils.data.default_collate([data[10**9 + i] for i in range(16)])
+    module = MatcherModule(net, scale=4, seed=seed).train()
+    with torch.no_grad():
+        return module(batch)[0].item()
+
+
+def test_tiny_run_lowers_infonce_and_exports(photos, tmp_path):
+    torch.manual_seed(0)
+    before = _fixed_loss(build_matcher_net("none", depth=1, head_dim=32), photos)
+    result = train_matcher(photos, _opts(tmp_path / "run", 40), init="none", depth=1, head_dim=32, patch=32,
+                           holdout=0.0, export_dtype="float32")
+    model = tmp_path / "run" / "model"
+    assert result["model"] == str(model) and result["eval"] == {} and result["train_images"] == len(PHOTOS)
+    after = _fixed_loss(load_matcher_net(model), photos)
+    assert after < 0.9 * before, (before, after)
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(5, 41, 5)) and all("batch_top1" in m for m in lines)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["train"]) == len(PHOTOS) and split["held_out"] == []
+    _match_with(model, photos, tmp_path)
+
+
+def _match_with(model: Path, photos: Path, tmp_path: Path) -> None:
+    """`match` loads the exported matcher through load_matcher and records which one it used."""
+    from refsr.retrieval.embed import EmbedderSpec
+    from refsr.retrieval.index import index_refs
+    from refsr.retrieval.match import MatchSettings, match_queries
+
+    net = load_matcher(str(model))
+    assert isinstance(net, MatcherNet) and not net.training
+    index_refs([photos], tmp_path / "idx", EmbedderSpec(str(Path(__file__).parent / "data" / "tiny-clip-vit.json"), None))
+    write_image(tmp_path / "queries" / "crop.png", _photo("astronaut")[16:80, 32:96])
+    out = tmp_path / "matches.jsonl"
+    match_queries(tmp_path / "queries", tmp_path / "idx", out, MatchSettings(top_images=3, top_refs=4, patch=32, stride=16),
+                  matcher=str(model))
+    (rec,) = read_matches(out)
+    assert rec["matcher"] == str(model) and len(rec["refs"]) == 4
+    assert all(r["box"][2:] == [32, 32] and -1 <= r["score"] <= 1 for r in rec["refs"])
+
+
+def test_cli_trains_evaluates_and_checks_options(photos, tmp_path):
+    from click.testing import CliRunner
+
+    from refsr_cli.main import cli
+
+    args = ["train", "--stage", "matcher", "--data", str(photos), "-o", str(tmp_path / "run"), "--init", "none",
+            "--depth", "1", "--head-dim", "16", "--patch", "32", "--steps", "2", "--batch-size", "4", "--holdout", "0.3",
+            "--eval-queries", "1", "--device", "cpu", "--max-side", "96"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "held-out location accuracy" in result.output and "trained" in result.output and "random" in result.output
+    ev = json.loads((tmp_path / "run" / "eval.json").read_text())["eval"]
+    assert 0 <= ev["trained"]["top1"] <= ev["trained"]["top10"] <= 1 and ev["random"]["queries"] == ev["protocol"]["images"]
+    assert "unavailable" in ev["imagenet"]
+    bad = CliRunner().invoke(cli, args[:-2] + ["--patch", "30", "-o", str(tmp_path / "r2")])
+    assert bad.exit_code == 2 and "not a multiple of --scale 4" in bad.output
+    missing = CliRunner().invoke(cli, [a if a != "none" else "imagenet" for a in args[:-2]] + ["-o", str(tmp_path / "r3")])
+    assert missing.exit_code == 1 and "--init none" in missing.output
