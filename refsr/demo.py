@@ -106,7 +106,9 @@ def default_matcher() -> str:
     return str(shipped) if (shipped / "config.json").is_file() else "imagenet"
 
 
-def _bicubic(manifest: Path, out_dir: Path) -> None:
+def bicubic_baseline(manifest: str | Path, out_dir: str | Path) -> None:
+    """Bicubic x-scale upsampling of every LR image of a pair manifest: the floor row."""
+    out_dir = Path(out_dir)
     for rec in io.read_pair_manifest(manifest):
         lr = io.read_rgb(rec["lr_path"])
         s = rec["scale"]
@@ -121,8 +123,9 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
     return np.concatenate([bar, img], axis=0)
 
 
-def draw_picture(path: Path, panels: list[tuple[str, np.ndarray]], fragments: list[np.ndarray]) -> Path:
-    """One row of labelled panels (same size), and under it the reference fragments."""
+def compose_picture(panels: list[tuple[str, np.ndarray]], fragments: list[np.ndarray]) -> np.ndarray:
+    """One row of labelled panels (same size, float RGB in [0, 1]) and, under it, the
+    reference fragments; returns (H, W, 3) uint8."""
     size = panels[0][1].shape[0]
     row = np.concatenate([_label(p, name) for name, p in panels], axis=1)
     rows = [row]
@@ -132,8 +135,12 @@ def draw_picture(path: Path, panels: list[tuple[str, np.ndarray]], fragments: li
         strip = _label(np.concatenate(frags, axis=1), "matched reference fragments (best first)")
         pad = np.full((strip.shape[0], row.shape[1] - strip.shape[1], 3), 255, np.uint8)
         rows.append(np.concatenate([strip, pad], axis=1))
-    io.write_image(path, np.concatenate(rows, axis=0).astype(np.float32) / 255.0)
-    return path
+    return np.concatenate(rows, axis=0)
+
+
+def draw_picture(path: Path, panels: list[tuple[str, np.ndarray]], fragments: list[np.ndarray]) -> Path:
+    """Write :func:`compose_picture` as a PNG."""
+    return io.write_image(path, compose_picture(panels, fragments).astype(np.float32) / 255.0)
 
 
 def run_demo(
@@ -184,7 +191,7 @@ def run_demo(
 
     settings = SampleSettings(sampler="ddim", steps=steps)
     restored = out_dir / "restored"
-    _bicubic(manifest, restored / "bicubic")
+    bicubic_baseline(manifest, restored / "bicubic")
     sample_files([manifest], restored / "without_refs", model=net, settings=settings, seed=seed, device=dev)
     sample_files([manifest], restored / "with_refs", model=net, matches=matches, settings=settings, seed=seed,
                  device=dev)

@@ -70,6 +70,7 @@ class TrainOptions:
     validate_every: int = 500
     log_every: int = 10
     workers: int = 0
+    max_minutes: float = 0.0  # stop (checkpoint, export) after this wall-clock time; 0 = no cap
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -318,6 +319,7 @@ def _loop(stage, opts, accelerator, module, optimizer, params, ema, dataset, sta
     loader = DataLoader(dataset, batch_size=opts.batch_size, sampler=sampler, num_workers=opts.workers)
     bar = progress(total=opts.steps, initial=start, desc=f"train {stage.name}", disable=(not main) or is_quiet())
     step, micro, sums, count, t0, last = start, 0, {}, 0, time.time(), start
+    deadline = time.time() + 60.0 * opts.max_minutes if opts.max_minutes > 0 else None
     module.train()
     for batch in loader:
         gen = torch_generator_for(opts.seed, "step", step, micro, rank, device=device)
@@ -353,14 +355,29 @@ def _loop(stage, opts, accelerator, module, optimizer, params, ema, dataset, sta
                 write_jsonl(run / "metrics.jsonl", metrics)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             sums, count, t0, last = {}, 0, time.time(), step
-        if step % opts.checkpoint_every == 0 or step == opts.steps:
+        out_of_time = deadline is not None and _any_rank(accelerator, time.time() > deadline)
+        if out_of_time and main:
+            log.info("time cap of %g minutes reached at step %d of %d: stopping", opts.max_minutes, step, opts.steps)
+            metrics.append({"step": step, "stopped": f"max_minutes={opts.max_minutes}"})
+            write_jsonl(run / "metrics.jsonl", metrics)
+        if step % opts.checkpoint_every == 0 or step == opts.steps or out_of_time:
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(run / "checkpoints", accelerator.unwrap_model(module), optimizer.optimizer, ema, step,
                                 opts.keep_checkpoints)
         if main and opts.validate_every > 0 and (step % opts.validate_every == 0 or step == opts.steps):
             _validate(stage, accelerator.unwrap_model(module), val_batch, run / "validation" / f"step-{step:07d}.png", device)
+        if out_of_time:
+            break
     bar.close()
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (so all ranks stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, "max").item() > 0)
 
 
 def _validate(stage, module, batch, path, device) -> None:

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Issue 9: the paper's Table 1 at small scale. LDM vs LDM+CA on birds, same data, same
+# config, same seed, same data order, same optimizer steps (and the same wall-clock cap).
+#
+#   scripts/experiments/ref_ablation.sh [BIRDS_DIR] [WORK_DIR]
+#
+# Every stage resumes, so the script can be rerun after an interruption; a stage whose
+# outputs exist is skipped. Knobs (environment; defaults in brackets):
+#   DEVICE [auto]  CONFIG [small]  SEED [0]  AE_STEPS [3000]  STEPS [6000]  BATCH [config]
+#   MAX_MINUTES [0 = none: stop each training after this many minutes, same cap for both]
+#   WORKERS [4: data loader workers]  PARALLEL [1: train ldm and ldm-ca at the same time]
+#   SAMPLE_STEPS [50]  TEST_PER_SPECIES [2]  MAX_REFS [config]  MATCHER [none]
+#   CLIP_MODEL [scripts/experiments/clip_small_random.json]  CLIP_PRETRAINED [none]
+#   REFSR [refsr: how to call the CLI, e.g. "python3 -m refsr_cli"]
+#   STAGES ["split degrade index match train eval"]: run some stages only, e.g. retrieval on
+#           one machine and training on another (eval = sample, evaluate, table, picture).
+#   RESULTS [docs/results]: where the small outputs (reports, logs, metrics) are copied.
+#
+# A 10-minute GPU run (what docs/results.md reports) is:
+#   DEVICE=cuda BATCH=64 WORKERS=12 MAX_MINUTES=2 AE_STEPS=100000 STEPS=100000 \
+#       scripts/experiments/ref_ablation.sh ../shared/data/birds work/ref_ablation
+set -euo pipefail
+BIRDS=${1:-../shared/data/birds}; WORK=${2:-work/ref_ablation}
+DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}
+AE_STEPS=${AE_STEPS:-3000}; STEPS=${STEPS:-6000}; MAX_MINUTES=${MAX_MINUTES:-0}
+WORKERS=${WORKERS:-4}; PARALLEL=${PARALLEL:-1}; SAMPLE_STEPS=${SAMPLE_STEPS:-50}
+TEST_PER_SPECIES=${TEST_PER_SPECIES:-2}; MATCHER=${MATCHER:-none}
+CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
+REFSR=${REFSR:-refsr}; STAGES=${STAGES:-split degrade index match train eval}; RESULTS=${RESULTS:-docs/results}
+PYTHON=${PYTHON:-python3}
+BATCH_OPT=(); [ -n "${BATCH:-}" ] && BATCH_OPT=(--batch-size "$BATCH")
+REFS_OPT=(); [ -n "${MAX_REFS:-}" ] && REFS_OPT=(--max-refs "$MAX_REFS")
+mkdir -p "$WORK" "$RESULTS"
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+if has split; then
+  stamp "split (by image, seed $SEED): $TEST_PER_SPECIES test and 1 validation photo per species"
+  $PYTHON scripts/experiments/split_birds.py "$BIRDS" "$WORK/split" --val 1 --test "$TEST_PER_SPECIES" --seed "$SEED"
+fi
+if has degrade; then
+  stamp "degrade: Real-ESRGAN x4, 224 px HR crops (the photos are 227 px)"
+  $REFSR -q degrade $(cat "$WORK/split/test.txt") -o "$WORK/pairs_test" --crop 224 --seed "$SEED"
+  $REFSR -q degrade $(cat "$WORK/split/train.txt") -o "$WORK/pairs_train" --crop 224 --seed "$SEED"
+fi
+if has index; then
+  stamp "index-refs: the training photos are the reference collection"
+  $REFSR -q index-refs $(cat "$WORK/split/train.txt") --index "$WORK/refs.index" \
+      --model "$CLIP_MODEL" --pretrained "$CLIP_PRETRAINED" --device "$DEVICE"
+fi
+if has match; then
+  stamp "match: references = other photos of the same species (--group-by parent)"
+  for split in train test; do
+    query=hr; [ "$split" = test ] && query=lr       # training queries are HR crops, test queries the LR
+    $REFSR -q match "$WORK/pairs_$split/manifest.jsonl" --index "$WORK/refs.index" \
+        -o "$WORK/matches_$split.jsonl" --query "$query" --group-by parent --top-images 10 \
+        --top-refs 10 --patch 224 --stride 224 --matcher "$MATCHER" --device "$DEVICE"
+  done
+fi
+
+if has train; then
+  common=(--config "$CONFIG" --seed "$SEED" --device "$DEVICE" --workers "$WORKERS" "${BATCH_OPT[@]}"
+          --max-minutes "$MAX_MINUTES" --checkpoint-every 1000 --validate-every 0 --log-every 25)
+  stamp "train the VQ autoencoder on the training HR crops"
+  $REFSR train --stage autoencoder --data "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
+      --no-lpips -o "$WORK/runs/vq" --resume "${common[@]}" > "$WORK/train_vq.log" 2>&1
+  stamp "train ldm and ldm-ca: same config, seed, data order, steps and time cap"
+  for kind in ldm ldm-ca; do
+    $REFSR train --stage diffusion --kind "$kind" --data "$WORK/pairs_train/manifest.jsonl" \
+        --matches "$WORK/matches_train.jsonl" --vqvae "$WORK/runs/vq/model" --steps "$STEPS" \
+        "${REFS_OPT[@]}" -o "$WORK/runs/$kind" --resume "${common[@]}" > "$WORK/train_$kind.log" 2>&1 &
+    [ "$PARALLEL" = 1 ] || wait
+  done
+  wait
+fi
+
+if has eval; then
+  stamp "sample the test split: same sampler, steps and seed for both models"
+  for kind in ldm ldm-ca; do
+    $REFSR -q sample --model "$WORK/runs/$kind/model" "$WORK/pairs_test/manifest.jsonl" \
+        --matches "$WORK/matches_test.jsonl" --steps "$SAMPLE_STEPS" --seed "$SEED" \
+        --device "$DEVICE" -o "$WORK/restored/$kind" 2> "$WORK/sample_$kind.log" &
+    [ "$PARALLEL" = 1 ] || wait
+  done
+  wait
+  $PYTHON -c "from refsr.demo import bicubic_baseline as b; b('$WORK/pairs_test/manifest.jsonl', '$WORK/restored/bicubic')"
+  stamp "evaluate"
+  for name in bicubic ldm ldm-ca; do
+    $REFSR -q evaluate --pred "$WORK/restored/$name" --gt "$WORK/pairs_test/manifest.jsonl" \
+        -o "$WORK/report_$name.json" --csv "$WORK/per_image_$name.csv" --device "$DEVICE" \
+        --protocol "refs: 10 fragments of other training photos of the same species (match --group-by parent)"
+  done
+  $REFSR evaluate --compare "$WORK/report_ldm.json" "$WORK/report_ldm-ca.json" "$WORK/report_bicubic.json" \
+      --names "LDM,LDM+CA,Bicubic" | tee "$WORK/table.txt"
+  $PYTHON scripts/experiments/ablation_grid.py "$WORK" "$RESULTS/grid.png"
+  cp "$WORK"/report_*.json "$WORK"/table.txt "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
+  for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done
+  stamp "done: $RESULTS"
+fi
