@@ -25,6 +25,18 @@ import numpy as np
 
 from .errors import InputError, ManifestError
 
+def _quiet_opencv() -> None:
+    """OpenCV prints its own warnings for corrupt files on stderr; refsr reports them itself
+    (one line naming the file, as an exception), so OpenCV's own log is silenced."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # older/newer builds without the logging submodule
+        if hasattr(cv2, "setLogLevel"):
+            cv2.setLogLevel(0)
+
+
+_quiet_opencv()
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 MANIFEST_EXTENSIONS = (".jsonl",)
 
