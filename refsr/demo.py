@@ -154,6 +154,7 @@ def run_demo(
     clip_pretrained: str | None = "laion2b_s34b_b79k",
     matcher: str | None = None,
     patch: int | None = None,
+    color_fix: str = "wavelet",
 ) -> DemoResult:
     """Run degrade -> index-refs -> match -> sample (without and with references) -> evaluate.
 
@@ -164,6 +165,8 @@ def run_demo(
         steps: DDIM steps of the sampler.
         matcher: ``None`` = the shipped trained matcher if present, else ImageNet weights.
         patch: reference fragment size (default: the model's ``ref_size``).
+        color_fix: ``wavelet`` (default), ``adain`` or ``none``: match the output's
+            low-frequency colour to the upsampled input (as StableSR does).
 
     Returns:
         :class:`DemoResult` with the picture, the comparison report and the table.
@@ -189,7 +192,7 @@ def run_demo(
     matches = _match(manifest, out_dir / "refs.index", out_dir / "matches.jsonl",
                      matcher or default_matcher(), patch, top_refs, str(dev), notes)
 
-    settings = SampleSettings(sampler="ddim", steps=steps)
+    settings = SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix)
     restored = out_dir / "restored"
     bicubic_baseline(manifest, restored / "bicubic")
     sample_files([manifest], restored / "without_refs", model=net, settings=settings, seed=seed, device=dev)
@@ -205,7 +208,7 @@ def run_demo(
     loaded = [io.read_json(r) for r in reports]
     table = compare_reports(loaded, ["bicubic", "LDM (no refs)", "LDM+CA (refs)"])
     io.write_json(out_dir / "report.json", {"format": "refsr.demo/1", "model": str(model_path),
-                                            "steps": steps, "seed": seed, "notes": notes,
+                                            "steps": steps, "seed": seed, "color_fix": color_fix, "notes": notes,
                                             "reports": dict(zip(names, loaded))})
 
     rec = io.read_pair_manifest(manifest)[0]

@@ -19,9 +19,11 @@ from .common import device_option, report, seed_option, warn
 @click.option("--matcher", default=None,
               help="Patch matcher: a folder from `refsr train --stage matcher`, imagenet or none "
                    "(default: the shipped matcher if any, else imagenet, else none).")
+@click.option("--color-fix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True,
+              help="Match the restored images' low-frequency colour to the upsampled input (as StableSR).")
 @seed_option
 @device_option
-def demo(out_dir, model, crop, steps, clip_pretrained, matcher, seed, device):
+def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, seed, device):
     """Run the whole refsr chain on real photos that ship with scikit-image.
 
     Target: the left view of scikit-image's stereo motorcycle. References: its right view
@@ -43,7 +45,8 @@ def demo(out_dir, model, crop, steps, clip_pretrained, matcher, seed, device):
     from refsr.demo import run_demo
 
     result = run_demo(out_dir, model=model, crop=crop, steps=steps, seed=seed, device=device,
-                      clip_pretrained=None if clip_pretrained == "none" else clip_pretrained, matcher=matcher)
+                      clip_pretrained=None if clip_pretrained == "none" else clip_pretrained, matcher=matcher,
+                      color_fix=color_fix)
     for note in result.notes:
         warn(note)
     report(result.table)
