@@ -9,6 +9,7 @@
 # Environment knobs (defaults in brackets): DEVICE [auto], SEED [0], CROP [128],
 # CLIP_MODEL [ViT-B-32], CLIP_PRETRAINED [laion2b_s34b_b79k; "none" = random weights offline],
 # MATCHER [imagenet; "none" = random ResNet-34; or a folder from `refsr train --stage matcher`],
+# AE_LPIPS [1; 0 = train the autoencoder without the LPIPS loss],
 # AE_STEPS [2000], DIFF_STEPS [20000], SAMPLE_STEPS [50], PATCH [512], STRIDE [256].
 set -euo pipefail
 
@@ -29,14 +30,15 @@ refsr index-refs "$REF_DIR" --index "$WORK/refs.index" --model "$CLIP_MODEL" \
 # 3. the 10 best reference fragments per pair (CLIP top images, then the patch matcher)
 refsr match "$WORK/pairs/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/matches.jsonl" \
     --query hr --top-images 20 --top-refs 10 --patch "$PATCH" --stride "$STRIDE" \
-    --matcher "$MATCHER" --model "$CLIP_MODEL" --pretrained "$CLIP_PRETRAINED" --device "$DEVICE"
+    --matcher "$MATCHER" --device "$DEVICE"      # the CLIP model is the one index.json records
 
 # 4. train: the VQ autoencoder, then the denoiser with the reference branch
+AE_OPTS=(); [ "${AE_LPIPS:-1}" = 0 ] && AE_OPTS=(--no-lpips)
 refsr train --stage autoencoder --data "$WORK/pairs/manifest.jsonl" --config "$CONFIG" \
-    --steps "$AE_STEPS" --seed "$SEED" --device "$DEVICE" -o "$WORK/runs/vq"
+    --steps "$AE_STEPS" --seed "$SEED" --device "$DEVICE" -o "$WORK/runs/vq" --resume "${AE_OPTS[@]}"
 refsr train --stage diffusion --kind ldm-ca --data "$WORK/pairs/manifest.jsonl" \
     --matches "$WORK/matches.jsonl" --vqvae "$WORK/runs/vq/model" --config "$CONFIG" \
-    --steps "$DIFF_STEPS" --seed "$SEED" --device "$DEVICE" -o "$WORK/runs/ldm-ca"
+    --steps "$DIFF_STEPS" --seed "$SEED" --device "$DEVICE" -o "$WORK/runs/ldm-ca" --resume
 
 # 5. restore the LR images with their matched references
 refsr sample --model "$WORK/runs/ldm-ca/model" "$WORK/pairs/manifest.jsonl" \
