@@ -7,7 +7,8 @@
 # Every stage resumes, so the script can be rerun after an interruption; a stage whose
 # outputs exist is skipped. Knobs (environment; defaults in brackets):
 #   DEVICE [auto]  CONFIG [small]  SEED [0]  AE_STEPS [3000]  STEPS [6000]  BATCH [config]
-#   MAX_MINUTES [0 = none: stop each training after this many minutes, same cap for both]
+#   MAX_MINUTES [0 = none: stop each diffusion training after this many minutes, same cap for
+#   both]  AE_MAX_MINUTES [MAX_MINUTES: the same for the autoencoder]
 #   WORKERS [4: data loader workers]  PARALLEL [1: train ldm and ldm-ca at the same time]
 #   SAMPLE_STEPS [50]  TEST_PER_SPECIES [2]  MAX_REFS [config]  MATCHER [none]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json]  CLIP_PRETRAINED [none]
@@ -16,9 +17,13 @@
 #           one machine and training on another (eval = sample, evaluate, table, picture).
 #   RESULTS [docs/results]: where the small outputs (reports, logs, metrics) are copied.
 #
-# A 10-minute GPU run (what docs/results.md reports) is:
-#   DEVICE=cuda BATCH=64 WORKERS=12 MAX_MINUTES=2 AE_STEPS=100000 STEPS=100000 \
-#       scripts/experiments/ref_ablation.sh ../shared/data/birds work/ref_ablation
+# The first run reported in docs/results.md (one H100, 4.3 minutes in all) was:
+#   DEVICE=cuda BATCH=64 WORKERS=12 AE_STEPS=800 AE_MAX_MINUTES=0.6 STEPS=1500 MAX_MINUTES=1.6 \
+#       SAMPLE_STEPS=20 scripts/experiments/ref_ablation.sh ../shared/data/birds work/ref_ablation
+# in which ldm-ca was cut at 710 steps by the time cap (ldm made 1500): not a fair comparison.
+# A fair 10-minute H100 run: equal steps that ldm-ca reaches (~10 steps/s at batch 64 when both
+# train at once), the cap only as a safety net:
+#   DEVICE=cuda BATCH=64 WORKERS=12 AE_STEPS=2000 STEPS=2500 MAX_MINUTES=0 SAMPLE_STEPS=50 ...
 set -euo pipefail
 BIRDS=${1:-../shared/data/birds}; WORK=${2:-work/ref_ablation}
 DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}
@@ -60,21 +65,37 @@ fi
 
 if has train; then
   common=(--config "$CONFIG" --seed "$SEED" --device "$DEVICE" --workers "$WORKERS" "${BATCH_OPT[@]}"
-          --max-minutes "$MAX_MINUTES" --checkpoint-every 1000 --validate-every 0 --log-every 25)
+          --checkpoint-every 1000 --validate-every 0 --log-every 25)
   stamp "train the VQ autoencoder on the training HR crops"
   $REFSR train --stage autoencoder --data "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
-      --no-lpips -o "$WORK/runs/vq" --resume "${common[@]}" > "$WORK/train_vq.log" 2>&1
+      --no-lpips -o "$WORK/runs/vq" --resume --max-minutes "${AE_MAX_MINUTES:-$MAX_MINUTES}" "${common[@]}" \
+      > "$WORK/train_vq.log" 2>&1
   stamp "train ldm and ldm-ca: same config, seed, data order, steps and time cap"
   for kind in ldm ldm-ca; do
     $REFSR train --stage diffusion --kind "$kind" --data "$WORK/pairs_train/manifest.jsonl" \
         --matches "$WORK/matches_train.jsonl" --vqvae "$WORK/runs/vq/model" --steps "$STEPS" \
-        "${REFS_OPT[@]}" -o "$WORK/runs/$kind" --resume "${common[@]}" > "$WORK/train_$kind.log" 2>&1 &
+        "${REFS_OPT[@]}" -o "$WORK/runs/$kind" --resume --max-minutes "$MAX_MINUTES" "${common[@]}" \
+        > "$WORK/train_$kind.log" 2>&1 &
     [ "$PARALLEL" = 1 ] || wait
   done
   wait
 fi
 
+# The comparison is only fair if both runs made the same number of optimizer steps: a time
+# cap that stops one run earlier (ldm-ca costs about 2x ldm per step) makes it invalid.
+steps_done() { $PYTHON -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]; print(max(x['step'] for x in r))" "$1"; }
+check_fair() {
+  local a b; a=$(steps_done "$WORK/runs/ldm/metrics.jsonl"); b=$(steps_done "$WORK/runs/ldm-ca/metrics.jsonl")
+  if [ "$a" != "$b" ]; then
+    echo "WARNING: unequal training: ldm made $a optimizer steps, ldm-ca $b; the comparison below is not fair." \
+      "Rerun with STEPS at most what ldm-ca reaches within MAX_MINUTES." | tee "$WORK/fairness.txt"
+  else
+    echo "fair: both models made $a optimizer steps" | tee "$WORK/fairness.txt"
+  fi
+}
+
 if has eval; then
+  check_fair
   stamp "sample the test split: same sampler, steps and seed for both models"
   for kind in ldm ldm-ca; do
     $REFSR -q sample --model "$WORK/runs/$kind/model" "$WORK/pairs_test/manifest.jsonl" \
@@ -92,8 +113,9 @@ if has eval; then
   done
   $REFSR evaluate --compare "$WORK/report_ldm.json" "$WORK/report_ldm-ca.json" "$WORK/report_bicubic.json" \
       --names "LDM,LDM+CA,Bicubic" | tee "$WORK/table.txt"
+  cat "$WORK/fairness.txt" >> "$WORK/table.txt"
   $PYTHON scripts/experiments/ablation_grid.py "$WORK" "$RESULTS/grid.png"
-  cp "$WORK"/report_*.json "$WORK"/table.txt "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
+  cp "$WORK"/report_*.json "$WORK"/table.txt "$WORK"/fairness.txt "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
   for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done
   stamp "done: $RESULTS"
 fi
