@@ -108,7 +108,7 @@ def train(**o):
       refsr train ... -o runs/ldm-ca --resume           # continue after an interruption
     """
     from refsr.models import load_config
-    from refsr.train import TrainOptions, run_training
+    from refsr.train import TrainOptions, checkpoint_dirs, run_training
 
     if o["stage"] == "matcher":
         return run_matcher_stage(o)
@@ -127,4 +127,5 @@ def train(**o):
     )
     out = run_training(stage, opts)
     if int(os.environ.get("RANK", "0")) == 0:
-        report(f"trained {o['stage']} (at most {opts.steps} steps; see metrics.jsonl): {out}")
+        done = int(checkpoint_dirs(opts.output)[-1].name.split("-")[1])
+        report(f"trained {o['stage']} for {done} steps{'' if done == opts.steps else f' of {opts.steps} (time cap)'}: {out}")

@@ -41,6 +41,24 @@ def skimage_photo(name: str) -> np.ndarray:
     return (img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)).astype(np.float32)
 
 
+def small_photo(name: str, size=(128, 96)) -> np.ndarray:
+    """A scikit-image photo resized (INTER_AREA) to ``size`` (width, height)."""
+    import cv2
+
+    return cv2.resize(skimage_photo(name), size, interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: tiny models run faster so on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     return skimage_photo("astronaut")

@@ -20,18 +20,14 @@ from refsr.train import TrainOptions
 from refsr.train.matcher import (MatcherModule, MatcherNet, PositivePairs, build_matcher_net, info_nce,
                                  load_matcher_net, split_images, train_matcher)
 
+from conftest import small_photo  # noqa: E402
+
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "horse", "hubble_deep_field", "immunohistochemistry"]
-
-
-def _photo(name: str, size=(128, 96)) -> np.ndarray:
-    from conftest import skimage_photo
-
-    return cv2.resize(skimage_photo(name), size, interpolation=cv2.INTER_AREA)
 
 
 @pytest.fixture(scope="module")
 def pixels():
-    return {n: _photo(n) for n in PHOTOS}
+    return {n: small_photo(n) for n in PHOTOS}
 
 
 @pytest.fixture
@@ -156,7 +152,7 @@ class PatchifyNet(torch.nn.Module):
 
 
 def test_location_accuracy_finds_undegraded_crop_at_top1(pixels):
-    images = [_photo(n, (192, 128)) for n in PHOTOS[:4]]
+    images = [small_photo(n, (192, 128)) for n in PHOTOS[:4]]
     net = PatchifyNet()
     queries = make_queries(images, patch=64, stride=16, per_image=2, seed=0, preset=None)
     assert len(queries) == 8
@@ -210,7 +206,7 @@ def _match_with(model: Path, photos: Path, tmp_path: Path) -> None:
     net = load_matcher(str(model))
     assert isinstance(net, MatcherNet) and not net.training
     index_refs([photos], tmp_path / "idx", EmbedderSpec(str(Path(__file__).parent / "data" / "tiny-clip-vit.json"), None))
-    write_image(tmp_path / "queries" / "crop.png", _photo("astronaut")[16:80, 32:96])
+    write_image(tmp_path / "queries" / "crop.png", small_photo("astronaut")[16:80, 32:96])
     out = tmp_path / "matches.jsonl"
     match_queries(tmp_path / "queries", tmp_path / "idx", out, MatchSettings(top_images=3, top_refs=4, patch=32, stride=16),
                   matcher=str(model))

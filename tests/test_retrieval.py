@@ -24,18 +24,14 @@ from refsr.retrieval.match import (MatchSettings, load_matcher, match_queries, n
 
 TINY = str(Path(__file__).parent / "data" / "tiny-clip-vit.json")
 SPEC = EmbedderSpec(TINY, None)
+from conftest import small_photo  # noqa: E402
+
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "horse"]
-
-
-def _photo(name: str, size=(128, 96)) -> np.ndarray:
-    from conftest import skimage_photo
-
-    return cv2.resize(skimage_photo(name), size, interpolation=cv2.INTER_AREA)
 
 
 @pytest.fixture(scope="module")
 def pixels():
-    return {n: _photo(n) for n in PHOTOS}
+    return {n: small_photo(n) for n in PHOTOS}
 
 
 @pytest.fixture
@@ -281,7 +277,7 @@ def test_crop_found_at_exact_box(name):
     from refsr.retrieval.match import feature_map
 
     net = load_matcher("none")
-    image = _photo(name, (192, 128))
+    image = small_photo(name, (192, 128))
     fmap = feature_map(net, image, "cpu")
     for y in range(0, 65, 32):
         for x in range(0, 129, 32):  # every stride-aligned window
@@ -314,7 +310,7 @@ SETTINGS = dict(top_images=4, top_refs=5, patch=64, stride=32)
 def test_match_finds_crop_and_excludes_self(refs, tmp_path, pixels):
     index_refs([refs], tmp_path / "idx", SPEC)
     queries = tmp_path / "queries"
-    big = _photo("astronaut", (192, 128))
+    big = small_photo("astronaut", (192, 128))
     write_image(refs / "big.png", big)
     index_refs([refs], tmp_path / "idx", SPEC)
     write_image(queries / "crop.png", big[32:96, 64:128])

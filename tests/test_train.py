@@ -19,13 +19,7 @@ FAST = {**MICRO, "train": {"lr": 2e-3, "batch_size": 2, "warmup_steps": 0, "ema_
                            "lpips_weight": 0.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny models run faster so on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_pairs(root: Path, photos: dict) -> tuple[Path, Path]:
@@ -150,6 +144,22 @@ def test_cli_autoencoder_then_diffusion_end_to_end(tmp_path, pairs):
     assert "trained diffusion for 2 steps" in r.output
     assert (tmp_path / "ldm" / "model" / "refsr.json").is_file()
     assert (tmp_path / "ldm" / "validation" / "step-0000002.png").is_file()
+
+
+def test_max_minutes_stops_checkpoints_and_exports(tmp_path, pairs):
+    """A wall-clock cap ends the run early but cleanly: last checkpoint, export, a marked
+    metrics line and a message that says the run was cut (so compared runs can be checked)."""
+    manifest, _ = pairs
+    cfg = manifest.parent / "config.json"
+    r = _cli(["train", "--stage", "autoencoder", "--data", manifest.parent / "hr", "--config", cfg, "--steps", 100000,
+              "--max-minutes", 0.0001, "--device", "cpu", "--no-lpips", "-o", tmp_path / "vq"])
+    assert r.exit_code == 0, r.output
+    metrics = [json.loads(line) for line in (tmp_path / "vq" / "metrics.jsonl").read_text().splitlines()]
+    stopped = metrics[-1]
+    assert stopped["stopped"] == "max_minutes=0.0001" and stopped["step"] < 100000
+    assert (tmp_path / "vq" / "checkpoints" / f"step-{stopped['step']:07d}").is_dir()
+    assert (tmp_path / "vq" / "model" / "vqvae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert f"for {stopped['step']} steps of 100000 (time cap)" in r.output
 
 
 def test_cli_one_line_errors(tmp_path, pairs):

@@ -29,6 +29,21 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))) * 2.0 - 1.0
 
 
+class BoundedCache:
+    """Decoded images kept in memory (per data-loader worker), oldest dropped first."""
+
+    def __init__(self, size: int):
+        self.size, self._items = size, {}
+
+    def get(self, key, load):
+        """The cached value for ``key``, or ``load()`` stored under it."""
+        if key not in self._items:
+            if len(self._items) > self.size:
+                self._items.pop(next(iter(self._items)))
+            self._items[key] = load()
+        return self._items[key]
+
+
 def _pad_to(rgb: np.ndarray, size: int) -> np.ndarray:
     """Reflect-pad an image smaller than ``size`` on either axis."""
     h, w = rgb.shape[:2]
@@ -74,17 +89,13 @@ class CropDataset(torch.utils.data.Dataset):
         else:
             raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a pair manifest .jsonl")
         self.patch, self.seed = patch_size, seed
-        self._cache: dict[int, np.ndarray] = {}
+        self._cache = BoundedCache(256)
 
     def __len__(self):
         return len(self.paths)
 
     def image(self, i: int) -> np.ndarray:
-        if i not in self._cache:
-            if len(self._cache) > 256:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[i] = _pad_to(read_rgb(self.paths[i]), self.patch)
-        return self._cache[i]
+        return self._cache.get(i, lambda: _pad_to(read_rgb(self.paths[i]), self.patch))
 
     def __getitem__(self, g: int) -> dict:
         rng = rng_for(self.seed, "crop-sample", g)
@@ -119,17 +130,13 @@ class PairDataset(torch.utils.data.Dataset):
         if patch_size % scale:
             raise InputError(f"patch size {patch_size} is not a multiple of the scale {scale}")
         self.refs = _index_matches(matches, self.pairs, manifest) if matches else {}
-        self._cache: dict[object, np.ndarray] = {}
+        self._cache = BoundedCache(512)
 
     def __len__(self):
         return len(self.pairs)
 
     def _cached(self, key, load):
-        if key not in self._cache:
-            if len(self._cache) > 512:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = load()
-        return self._cache[key]
+        return self._cache.get(key, load)
 
     def _pair(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         rec = self.pairs[i]

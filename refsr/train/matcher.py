@@ -216,23 +216,19 @@ class PositivePairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: list[Path], patch: int, seed: int = 0, max_shift: float = 0.25, max_side: int | None = 512):
-        from .data import _pad_to
+        from .data import BoundedCache, _pad_to
 
         if not paths:
             raise InputError("no training images")
         self.paths, self.patch, self.seed, self.max_shift, self.max_side = list(paths), patch, seed, max_shift, max_side
         self._pad = _pad_to
-        self._cache: dict[int, np.ndarray] = {}
+        self._cache = BoundedCache(256)
 
     def __len__(self):
         return len(self.paths)
 
     def image(self, i: int) -> np.ndarray:
-        if i not in self._cache:
-            if len(self._cache) > 256:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[i] = self._pad(fit_side(read_rgb(self.paths[i]), self.max_side), self.patch)
-        return self._cache[i]
+        return self._cache.get(i, lambda: self._pad(fit_side(read_rgb(self.paths[i]), self.max_side), self.patch))
 
     def __getitem__(self, g: int) -> dict:
         from .data import to_tensor
