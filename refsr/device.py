@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -10,7 +11,8 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 def resolve_device(spec: str = "auto"):
     """Turn ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` into a ``torch.device``.
 
-    ``auto`` picks CUDA when available, else CPU.
+    ``auto`` picks CUDA when available (``cuda:LOCAL_RANK`` under a multi-process launcher,
+    so each process gets its own GPU), else CPU.
 
     Raises:
         ValueError: for an unknown spec, or CUDA asked for where none is available.
@@ -21,7 +23,11 @@ def resolve_device(spec: str = "auto"):
     if not DEVICE_PATTERN.match(spec):
         raise ValueError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N")
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # one process per GPU under `accelerate launch` / `torchrun`: each takes its own
+        local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+        return torch.device(f"cuda:{local % torch.cuda.device_count()}")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine; use --device cpu")

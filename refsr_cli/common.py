@@ -25,9 +25,18 @@ device_option = click.option(
 )
 
 
+def launcher_shard() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` when started by ``accelerate launch`` or ``torchrun`` with
+    several processes (they set these variables), else None."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else None
+
+
 def _check_shard(ctx, param, value):
     if value is None:
-        return None
+        return launcher_shard()
     from refsr.io import parse_shard
 
     try:
@@ -42,7 +51,8 @@ shard_option = click.option(
     metavar="K/N",
     callback=_check_shard,
     help="Process only every N-th input starting at K (0-based), e.g. for a SLURM job array "
-    "with N tasks: --shard $SLURM_ARRAY_TASK_ID/N. All shards together equal one unsharded run.",
+    "with N tasks: --shard $SLURM_ARRAY_TASK_ID/N. All shards together equal one unsharded run. "
+    "Under `accelerate launch`/`torchrun` with N processes, process K takes shard K/N by default.",
 )
 
 workers_option = click.option(

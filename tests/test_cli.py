@@ -70,3 +70,16 @@ def test_bad_device_is_a_usage_error():
     result = CliRunner().invoke(cli, ["sample", "--device", "tpu", "x.png", "-o", "out"])
     assert result.exit_code == 2
     assert "tpu" in result.output
+
+
+def test_multi_process_launch_shards_inputs(monkeypatch):
+    """Under `accelerate launch`/`torchrun` (RANK, WORLD_SIZE set) each process takes its shard;
+    an explicit --shard wins; a single process is unsharded."""
+    from refsr_cli.common import _check_shard, launcher_shard
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launcher_shard() is None and _check_shard(None, None, None) is None
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert _check_shard(None, None, None) == (3, 4)
+    assert _check_shard(None, None, "1/2") == (1, 2)
