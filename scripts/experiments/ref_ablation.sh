@@ -12,6 +12,9 @@
 #   WORKERS [4: data loader workers]  PARALLEL [1: train ldm and ldm-ca at the same time]
 #   SAMPLE_STEPS [50]  TEST_PER_SPECIES [2]  MAX_REFS [config]  MATCHER [none]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json]  CLIP_PRETRAINED [none]
+#   INIT_FROM [none: a model folder (refsr or diffusers LDM-SR) that BOTH runs start from (its
+#           unet/ and vqvae/; ldm-ca gets a fresh, zero-initialised branch, so both start from
+#           the same function); the autoencoder stage is then skipped]
 #   REFSR [refsr: how to call the CLI, e.g. "python3 -m refsr_cli"]
 #   STAGES ["split degrade index match train eval"]: run some stages only, e.g. retrieval on
 #           one machine and training on another (eval = sample, evaluate, table, picture).
@@ -66,14 +69,19 @@ fi
 if has train; then
   common=(--config "$CONFIG" --seed "$SEED" --device "$DEVICE" --workers "$WORKERS" "${BATCH_OPT[@]}"
           --checkpoint-every 1000 --validate-every 0 --log-every 25)
-  stamp "train the VQ autoencoder on the training HR crops"
-  $REFSR train --stage autoencoder --data "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
+  if [ -n "${INIT_FROM:-}" ]; then
+    start=(--init-from "$INIT_FROM")
+  else
+    start=(--vqvae "$WORK/runs/vq/model")
+    stamp "train the VQ autoencoder on the training HR crops"
+    $REFSR train --stage autoencoder --data "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
       --no-lpips -o "$WORK/runs/vq" --resume --max-minutes "${AE_MAX_MINUTES:-$MAX_MINUTES}" "${common[@]}" \
       > "$WORK/train_vq.log" 2>&1
+  fi
   stamp "train ldm and ldm-ca: same config, seed, data order, steps and time cap"
   for kind in ldm ldm-ca; do
     $REFSR train --stage diffusion --kind "$kind" --data "$WORK/pairs_train/manifest.jsonl" \
-        --matches "$WORK/matches_train.jsonl" --vqvae "$WORK/runs/vq/model" --steps "$STEPS" \
+        --matches "$WORK/matches_train.jsonl" "${start[@]}" --steps "$STEPS" \
         "${REFS_OPT[@]}" -o "$WORK/runs/$kind" --resume --max-minutes "$MAX_MINUTES" "${common[@]}" \
         > "$WORK/train_$kind.log" 2>&1 &
     [ "$PARALLEL" = 1 ] || wait
@@ -116,6 +124,8 @@ if has eval; then
   cat "$WORK/fairness.txt" >> "$WORK/table.txt"
   $PYTHON scripts/experiments/ablation_grid.py "$WORK" "$RESULTS/grid.png"
   cp "$WORK"/report_*.json "$WORK"/table.txt "$WORK"/fairness.txt "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
-  for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done
+  for kind in vq ldm ldm-ca; do
+    [ -f "$WORK/runs/$kind/metrics.jsonl" ] && cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"
+  done
   stamp "done: $RESULTS"
 fi
