@@ -27,6 +27,10 @@
 # A fair 10-minute H100 run: equal steps that ldm-ca reaches (~10 steps/s at batch 64 when both
 # train at once), the cap only as a safety net:
 #   DEVICE=cuda BATCH=64 WORKERS=12 AE_STEPS=2000 STEPS=2500 MAX_MINUTES=0 SAMPLE_STEPS=50 ...
+# The fair run 2 of docs/results.md fine-tunes both from run 1's LDM+CA folder on 2 CPU cores:
+#   OMP_NUM_THREADS=1 STAGES="train eval" INIT_FROM=work/ref_ablation/runs/ldm-ca/model DEVICE=cpu \
+#     BATCH=16 WORKERS=0 STEPS=500 MAX_MINUTES=0 SAMPLE_STEPS=20 RESULTS=docs/results/finetune \
+#     scripts/experiments/ref_ablation.sh ../shared/data/birds work/ref_ablation_ft
 set -euo pipefail
 BIRDS=${1:-../shared/data/birds}; WORK=${2:-work/ref_ablation}
 DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}
