@@ -15,6 +15,9 @@
 #   INIT_FROM [none: a model folder (refsr or diffusers LDM-SR) that BOTH runs start from (its
 #           unet/ and vqvae/; ldm-ca gets a fresh, zero-initialised branch, so both start from
 #           the same function); the autoencoder stage is then skipped]
+#   OUT_DIR [WORK_DIR]: where train/eval write runs/, restored/, reports and logs (the
+#           inputs, pairs and matches, are always read from WORK_DIR): a second experiment on
+#           the same pairs gets its own OUT_DIR
 #   REFSR [refsr: how to call the CLI, e.g. "python3 -m refsr_cli"]
 #   STAGES ["split degrade index match train eval"]: run some stages only, e.g. retrieval on
 #           one machine and training on another (eval = sample, evaluate, table, picture).
@@ -30,7 +33,7 @@
 # The fair run 2 of docs/results.md fine-tunes both from run 1's LDM+CA folder on 2 CPU cores:
 #   OMP_NUM_THREADS=1 STAGES="train eval" INIT_FROM=work/ref_ablation/runs/ldm-ca/model DEVICE=cpu \
 #     BATCH=16 WORKERS=0 STEPS=500 MAX_MINUTES=0 SAMPLE_STEPS=20 RESULTS=docs/results/finetune \
-#     scripts/experiments/ref_ablation.sh ../shared/data/birds work/ref_ablation_ft
+#     OUT_DIR=work/ref_ablation/finetune scripts/experiments/ref_ablation.sh ../shared/data/birds work/ref_ablation
 set -euo pipefail
 BIRDS=${1:-../shared/data/birds}; WORK=${2:-work/ref_ablation}
 DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}
@@ -38,11 +41,11 @@ AE_STEPS=${AE_STEPS:-3000}; STEPS=${STEPS:-6000}; MAX_MINUTES=${MAX_MINUTES:-0}
 WORKERS=${WORKERS:-4}; PARALLEL=${PARALLEL:-1}; SAMPLE_STEPS=${SAMPLE_STEPS:-50}
 TEST_PER_SPECIES=${TEST_PER_SPECIES:-2}; MATCHER=${MATCHER:-none}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
-REFSR=${REFSR:-refsr}; STAGES=${STAGES:-split degrade index match train eval}; RESULTS=${RESULTS:-docs/results}
+OUT_DIR=${OUT_DIR:-$WORK}; REFSR=${REFSR:-refsr}; STAGES=${STAGES:-split degrade index match train eval}; RESULTS=${RESULTS:-docs/results}
 PYTHON=${PYTHON:-python3}
 BATCH_OPT=(); [ -n "${BATCH:-}" ] && BATCH_OPT=(--batch-size "$BATCH")
 REFS_OPT=(); [ -n "${MAX_REFS:-}" ] && REFS_OPT=(--max-refs "$MAX_REFS")
-mkdir -p "$WORK" "$RESULTS"
+mkdir -p "$WORK" "$OUT_DIR" "$RESULTS"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
@@ -76,18 +79,18 @@ if has train; then
   if [ -n "${INIT_FROM:-}" ]; then
     start=(--init-from "$INIT_FROM")
   else
-    start=(--vqvae "$WORK/runs/vq/model")
+    start=(--vqvae "$OUT_DIR/runs/vq/model")
     stamp "train the VQ autoencoder on the training HR crops"
     $REFSR train --stage autoencoder --data "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
-      --no-lpips -o "$WORK/runs/vq" --resume --max-minutes "${AE_MAX_MINUTES:-$MAX_MINUTES}" "${common[@]}" \
-      > "$WORK/train_vq.log" 2>&1
+      --no-lpips -o "$OUT_DIR/runs/vq" --resume --max-minutes "${AE_MAX_MINUTES:-$MAX_MINUTES}" "${common[@]}" \
+      > "$OUT_DIR/train_vq.log" 2>&1
   fi
   stamp "train ldm and ldm-ca: same config, seed, data order, steps and time cap"
   for kind in ldm ldm-ca; do
     $REFSR train --stage diffusion --kind "$kind" --data "$WORK/pairs_train/manifest.jsonl" \
         --matches "$WORK/matches_train.jsonl" "${start[@]}" --steps "$STEPS" \
-        "${REFS_OPT[@]}" -o "$WORK/runs/$kind" --resume --max-minutes "$MAX_MINUTES" "${common[@]}" \
-        > "$WORK/train_$kind.log" 2>&1 &
+        "${REFS_OPT[@]}" -o "$OUT_DIR/runs/$kind" --resume --max-minutes "$MAX_MINUTES" "${common[@]}" \
+        > "$OUT_DIR/train_$kind.log" 2>&1 &
     [ "$PARALLEL" = 1 ] || wait
   done
   wait
@@ -97,12 +100,12 @@ fi
 # cap that stops one run earlier (ldm-ca costs about 2x ldm per step) makes it invalid.
 steps_done() { $PYTHON -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]; print(max(x['step'] for x in r))" "$1"; }
 check_fair() {
-  local a b; a=$(steps_done "$WORK/runs/ldm/metrics.jsonl"); b=$(steps_done "$WORK/runs/ldm-ca/metrics.jsonl")
+  local a b; a=$(steps_done "$OUT_DIR/runs/ldm/metrics.jsonl"); b=$(steps_done "$OUT_DIR/runs/ldm-ca/metrics.jsonl")
   if [ "$a" != "$b" ]; then
     echo "WARNING: unequal training: ldm made $a optimizer steps, ldm-ca $b; the comparison below is not fair." \
-      "Rerun with STEPS at most what ldm-ca reaches within MAX_MINUTES." | tee "$WORK/fairness.txt"
+      "Rerun with STEPS at most what ldm-ca reaches within MAX_MINUTES." | tee "$OUT_DIR/fairness.txt"
   else
-    echo "fair: both models made $a optimizer steps" | tee "$WORK/fairness.txt"
+    echo "fair: both models made $a optimizer steps" | tee "$OUT_DIR/fairness.txt"
   fi
 }
 
@@ -110,26 +113,26 @@ if has eval; then
   check_fair
   stamp "sample the test split: same sampler, steps and seed for both models"
   for kind in ldm ldm-ca; do
-    $REFSR -q sample --model "$WORK/runs/$kind/model" "$WORK/pairs_test/manifest.jsonl" \
+    $REFSR -q sample --model "$OUT_DIR/runs/$kind/model" "$WORK/pairs_test/manifest.jsonl" \
         --matches "$WORK/matches_test.jsonl" --steps "$SAMPLE_STEPS" --seed "$SEED" \
-        --device "$DEVICE" -o "$WORK/restored/$kind" 2> "$WORK/sample_$kind.log" &
+        --device "$DEVICE" -o "$OUT_DIR/restored/$kind" 2> "$OUT_DIR/sample_$kind.log" &
     [ "$PARALLEL" = 1 ] || wait
   done
   wait
-  $PYTHON -c "from refsr.demo import bicubic_baseline as b; b('$WORK/pairs_test/manifest.jsonl', '$WORK/restored/bicubic')"
+  $PYTHON -c "from refsr.demo import bicubic_baseline as b; b('$WORK/pairs_test/manifest.jsonl', '$OUT_DIR/restored/bicubic')"
   stamp "evaluate"
   for name in bicubic ldm ldm-ca; do
-    $REFSR -q evaluate --pred "$WORK/restored/$name" --gt "$WORK/pairs_test/manifest.jsonl" \
-        -o "$WORK/report_$name.json" --csv "$WORK/per_image_$name.csv" --device "$DEVICE" \
+    $REFSR -q evaluate --pred "$OUT_DIR/restored/$name" --gt "$WORK/pairs_test/manifest.jsonl" \
+        -o "$OUT_DIR/report_$name.json" --csv "$OUT_DIR/per_image_$name.csv" --device "$DEVICE" \
         --protocol "refs: 10 fragments of other training photos of the same species (match --group-by parent)"
   done
-  $REFSR evaluate --compare "$WORK/report_ldm.json" "$WORK/report_ldm-ca.json" "$WORK/report_bicubic.json" \
-      --names "LDM,LDM+CA,Bicubic" | tee "$WORK/table.txt"
-  cat "$WORK/fairness.txt" >> "$WORK/table.txt"
-  $PYTHON scripts/experiments/ablation_grid.py "$WORK" "$RESULTS/grid.png"
-  cp "$WORK"/report_*.json "$WORK"/table.txt "$WORK"/fairness.txt "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
+  $REFSR evaluate --compare "$OUT_DIR/report_ldm.json" "$OUT_DIR/report_ldm-ca.json" "$OUT_DIR/report_bicubic.json" \
+      --names "LDM,LDM+CA,Bicubic" | tee "$OUT_DIR/table.txt"
+  cat "$OUT_DIR/fairness.txt" >> "$OUT_DIR/table.txt"
+  $PYTHON scripts/experiments/ablation_grid.py "$WORK" "$RESULTS/grid.png" --outputs "$OUT_DIR"
+  cp "$OUT_DIR"/report_*.json "$OUT_DIR"/table.txt "$OUT_DIR"/fairness.txt "$OUT_DIR"/train_*.log "$RESULTS"/ 2>/dev/null || true
   for kind in vq ldm ldm-ca; do
-    [ -f "$WORK/runs/$kind/metrics.jsonl" ] && cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"
+    [ -f "$OUT_DIR/runs/$kind/metrics.jsonl" ] && cp "$OUT_DIR/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"
   done
   stamp "done: $RESULTS"
 fi
