@@ -56,7 +56,8 @@ def skimage_photo(name: str) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
-    return img[:, :, :3].astype(np.float32) / 255.0
+    img = img[:, :, :3]
+    return img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
 
 
 def write_photos(out_dir: Path, crop: int) -> tuple[Path, Path]:

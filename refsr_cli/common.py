@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 import click
 
@@ -11,7 +10,9 @@ log = logging.getLogger("refsr")
 
 
 def _check_device(ctx, param, value):
-    if value is not None and not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", value.strip().lower()):
+    from refsr.device import DEVICE_PATTERN
+
+    if value is not None and not DEVICE_PATTERN.match(value.strip().lower()):
         raise click.BadParameter(f"{value!r}; expected auto, cpu, cuda or cuda:N")
     return value
 

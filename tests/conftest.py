@@ -12,6 +12,8 @@ os.environ.setdefault("REFSR_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from refsr.demo import skimage_photo  # noqa: E402  (re-exported for the tests)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -25,20 +27,6 @@ def _torch_threads():
 
 
 _torch_threads()
-
-
-def skimage_photo(name: str) -> np.ndarray:
-    """A real photo shipped with scikit-image as (H, W, 3) float32 RGB in [0, 1]."""
-    from skimage import data
-
-    img = getattr(data, name)()
-    if isinstance(img, tuple):  # e.g. stereo_motorcycle returns (left, right, disparity)
-        img = img[0]
-    img = np.asarray(img)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    img = img[:, :, :3]
-    return (img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)).astype(np.float32)
 
 
 def small_photo(name: str, size=(128, 96)) -> np.ndarray:
@@ -72,10 +60,7 @@ def coffee() -> np.ndarray:
 @pytest.fixture(scope="session")
 def motorcycle_pair() -> tuple[np.ndarray, np.ndarray]:
     """The left and right views of scikit-image's stereo motorcycle (real references)."""
-    from skimage import data
-
-    left, right, _ = data.stereo_motorcycle()
-    return left.astype(np.float32) / 255.0, right.astype(np.float32) / 255.0
+    return skimage_photo("motorcycle_left"), skimage_photo("motorcycle_right")
 
 
 @pytest.fixture
