@@ -233,3 +233,18 @@ def test_cli_trains_evaluates_and_checks_options(photos, tmp_path):
     assert bad.exit_code == 2 and "not a multiple of --scale 4" in bad.output
     missing = CliRunner().invoke(cli, [a if a != "none" else "imagenet" for a in args[:-2]] + ["-o", str(tmp_path / "r3")])
     assert missing.exit_code == 1 and "--init none" in missing.output
+
+
+def test_weights_that_do_not_fit_the_config_are_a_one_line_error(tmp_path):
+    """A matcher folder whose config says depth 3 but whose weights are a depth-2 net."""
+    import json as _json
+
+    from refsr.errors import InputError
+    from refsr.retrieval.match import load_matcher
+
+    MatcherNet("resnet34", 2, 16).save_pretrained(tmp_path / "m")
+    config = _json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(_json.dumps({**config, "depth": 3}))
+    for load in (load_matcher_net, lambda f: load_matcher(str(f))):
+        with pytest.raises(InputError, match=r"model.safetensors: weights do not fit .*size mismatch"):
+            load(tmp_path / "m")

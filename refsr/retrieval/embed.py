@@ -153,6 +153,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
+def load_weights_into(module, path: str | os.PathLike, what: object):
+    """Load the weights file ``path`` into ``module`` (every key must fit) and return it.
+
+    Raises:
+        InputError: weights that do not fit ``module`` (``what`` describes it), one line.
+    """
+    try:
+        result = module.load_state_dict(load_state_dict_file(path), strict=False)
+    except RuntimeError as e:  # tensors of the wrong shape
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise InputError(f"{path}: weights do not fit {what} ({detail})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(f"{path}: weights do not fit {what} (missing {result.missing_keys[:2]}, "
+                         f"unexpected {result.unexpected_keys[:2]})")
+    return module
+
+
 def _build_clip(spec: EmbedderSpec):
     """The OpenCLIP model of ``spec`` (CPU, eval mode) and its identity minus ``dim``."""
     import open_clip

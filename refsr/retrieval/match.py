@@ -108,7 +108,7 @@ def _imagenet_state_dict(arch: str) -> dict:
 
 def _load_matcher_folder(path: Path):
     from ..io import read_json
-    from .embed import load_state_dict_file
+    from .embed import load_weights_into
 
     folder = path if path.is_dir() else path.parent
     config_path = folder / "config.json"
@@ -123,13 +123,7 @@ def _load_matcher_folder(path: Path):
 
             return load_matcher_net(folder)
     weights = path if path.is_file() and path.suffix == ".safetensors" else folder / "model.safetensors"
-    model = ResNetTrunk(config.get("arch", "resnet34"), int(config.get("depth", 3)))
-    sd = load_state_dict_file(weights)
-    result = model.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InputError(f"{weights}: weights do not fit {config} (missing {result.missing_keys[:2]}, "
-                         f"unexpected {result.unexpected_keys[:2]})")
-    return model
+    return load_weights_into(ResNetTrunk(config.get("arch", "resnet34"), int(config.get("depth", 3))), weights, config)
 
 
 def load_matcher(spec: str = "imagenet", device: str = "cpu", arch: str = "resnet34", depth: int = 3):

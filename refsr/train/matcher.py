@@ -111,19 +111,14 @@ def load_matcher_net(folder: str | os.PathLike) -> MatcherNet:
         InputError: not a MatcherNet folder, or weights that do not fit its config.
     """
     from ..io import read_json
-    from ..retrieval.embed import load_state_dict_file
+    from ..retrieval.embed import load_weights_into
 
     folder = Path(folder)
     config = read_json(folder / "config.json")
     if config.get("_class_name") != NET_CLASS:
         raise InputError(f"{folder / 'config.json'}: not a {NET_CLASS} config (class {config.get('_class_name')!r})")
     net = MatcherNet(config.get("arch", "resnet34"), int(config.get("depth", 3)), int(config.get("head_dim", 128)))
-    sd = load_state_dict_file(folder / "model.safetensors")
-    result = net.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InputError(f"{folder / 'model.safetensors'}: weights do not fit {config} "
-                         f"(missing {result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]})")
-    return net
+    return load_weights_into(net, folder / "model.safetensors", config)
 
 
 def build_matcher_net(init: str = "imagenet", arch: str = "resnet34", depth: int = 3, head_dim: int = 128) -> MatcherNet:
