@@ -153,17 +153,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
+def _load_state(module, state_dict: dict, path, what: object):
+    """``module.load_state_dict(state_dict, strict=False)``; wrong-shaped tensors are a
+    one-line InputError naming ``path`` instead of torch's multi-line RuntimeError."""
+    try:
+        return module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise InputError(f"{path}: weights do not fit {what} ({detail})") from None
+
+
 def load_weights_into(module, path: str | os.PathLike, what: object):
     """Load the weights file ``path`` into ``module`` (every key must fit) and return it.
 
     Raises:
         InputError: weights that do not fit ``module`` (``what`` describes it), one line.
     """
-    try:
-        result = module.load_state_dict(load_state_dict_file(path), strict=False)
-    except RuntimeError as e:  # tensors of the wrong shape
-        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
-        raise InputError(f"{path}: weights do not fit {what} ({detail})") from None
+    result = _load_state(module, load_state_dict_file(path), path, what)
     if result.missing_keys or result.unexpected_keys:
         raise InputError(f"{path}: weights do not fit {what} (missing {result.missing_keys[:2]}, "
                          f"unexpected {result.unexpected_keys[:2]})")
@@ -204,7 +210,7 @@ def _load_weights(model, path) -> None:
     sd = load_state_dict_file(path)
     if not any(k.startswith("visual.") for k in sd) and any(k.startswith(("conv1.", "trunk.", "stem.")) for k in sd):
         sd = {f"visual.{k}": v for k, v in sd.items()}
-    result = model.load_state_dict(sd, strict=False)
+    result = _load_state(model, sd, path, "this OpenCLIP model")
     missing = [k for k in result.missing_keys if k.startswith("visual.")]
     if missing or result.unexpected_keys:
         bad = (missing or result.unexpected_keys)[:3]
