@@ -19,3 +19,7 @@ class ManifestError(InputError):
 
 class MissingWeightsError(RefSRError, FileNotFoundError):
     """Pretrained weights are not available offline; the message says how to supply them."""
+
+
+class OutputError(RefSRError, OSError):
+    """An output cannot be written (full disk, no permission); the message names the file."""

@@ -8,6 +8,8 @@ to write an output "like the input" (bit depth, gray, alpha) travels alongside i
 Every file refsr writes goes through :func:`atomic_path`: the data lands in a temporary
 file in the destination folder and is renamed over the destination only once complete, so
 an interrupted run never leaves a half-written output and a rerun can trust what exists.
+Files and folders get the mode a plain write would give them (``0666 & ~umask``,
+``0777 & ~umask``), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
@@ -49,6 +51,65 @@ MATCH_FORMAT = "refsr.matches/1"
 # ---------------------------------------------------------------------------------------
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows
+    (``/proc/self/status`` on Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` would give a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` would give a new folder: ``0o777 & ~umask``."""
+    return 0o777 & ~current_umask()
+
+
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """A new empty hidden folder next to ``path`` (same file system, so it can be renamed onto
+    ``path``), with the mode a plain ``mkdir`` would give it (``mkdtemp`` alone gives 0700)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, dir_mode())
+    return tmp
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Publish the finished folder ``src`` (from :func:`temp_dir_beside`) at ``dst``.
+
+    Everything in ``src`` first gets the mode a plain write would give it (libraries such as
+    safetensors write 0600 files); ``src`` is then renamed onto ``dst``, and an existing
+    ``dst`` is removed only after the swap.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    fmode, dmode = file_mode(), dir_mode()
+    for root, dirs, files in os.walk(src):
+        os.chmod(root, dmode)
+        for name in files:
+            os.chmod(os.path.join(root, name), fmode)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -61,10 +122,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes 0600; a plain write would give 0666 & ~umask
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())  # again: a library may have recreated it (safetensors: 0600)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

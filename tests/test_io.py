@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -255,3 +257,51 @@ def test_matches_validation(tmp_path):
     io.write_jsonl(tmp_path / "matches.jsonl", [good, bad])
     with pytest.raises(ManifestError, match=r"matches.jsonl:2: refs\[0\]: box must be"):
         io.read_matches(tmp_path / "matches.jsonl")
+
+
+# ---------------------------------------------------------------------------------------
+# file modes: what a plain write would give (issue 17.1)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    before = os.umask(request.param)
+    yield request.param
+    os.umask(before)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path, umask):
+    io.write_json(tmp_path / "a.json", {"x": 1})
+    io.write_image(tmp_path / "deep" / "b.png", np.zeros((4, 4, 3), np.float32))
+    io.write_jsonl(tmp_path / "c.jsonl", [{"x": 1}])
+    with io.atomic_path(tmp_path / "d.bin") as tmp:
+        tmp.write_bytes(b"x")
+    for name in ("a.json", "deep/b.png", "c.jsonl", "d.bin"):
+        assert _mode(tmp_path / name) == 0o666 & ~umask, name
+    assert _mode(tmp_path / "deep") == 0o777 & ~umask
+    assert io.current_umask() == umask
+
+
+def test_temp_folders_renamed_into_place_get_the_umask_mode(tmp_path, umask):
+    tmp = io.temp_dir_beside(tmp_path / "model")
+    assert tmp.parent == tmp_path and tmp.name.startswith(".model.")
+    assert _mode(tmp) == 0o777 & ~umask
+
+
+def test_replace_dir_publishes_with_umask_modes_and_swaps(tmp_path, umask):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "old.txt").write_text("old")
+    tmp = io.temp_dir_beside(tmp_path / "model")
+    (tmp / "sub").mkdir(mode=0o700)
+    fd = os.open(tmp / "sub" / "w.safetensors", os.O_CREAT | os.O_WRONLY, 0o600)  # as safetensors writes
+    os.close(fd)
+    io.replace_dir(tmp, tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["sub"]
+    assert _mode(tmp_path / "model" / "sub") == 0o777 & ~umask
+    assert _mode(tmp_path / "model" / "sub" / "w.safetensors") == 0o666 & ~umask

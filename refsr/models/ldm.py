@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -218,11 +217,10 @@ class RefSRModel(nn.Module):
         it is written beside ``path`` and renamed into place."""
         from diffusers import DDPMScheduler
 
-        from ..io import write_json
+        from ..io import replace_dir, temp_dir_beside, write_json
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = temp_dir_beside(path)
         try:
             self.vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
@@ -230,7 +228,7 @@ class RefSRModel(nn.Module):
                 self.ref_branch.save_pretrained(tmp / "ref_branch", safe_serialization=True)
             DDPMScheduler(**_scheduler_kwargs(self.scheduler_config)).save_pretrained(tmp / "scheduler")
             write_json(tmp / "refsr.json", self.meta())
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -385,14 +383,3 @@ def _read_scheduler(path: Path) -> dict:
             return {k: v for k, v in read_json(path / name).items() if not k.startswith("_")}
     log.info("%s: no scheduler/ folder; using LDM-SR's schedule", path)
     return dict(SCHEDULER_CONFIG)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename folder ``src`` onto ``dst`` (an existing ``dst`` is removed after the swap)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

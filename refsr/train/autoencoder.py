@@ -83,12 +83,9 @@ class AutoencoderStage(Stage):
         save_grid([batch["hr"], rec], path)
 
     def export(self, module, folder: Path) -> None:
-        import tempfile
+        from ..io import replace_dir, temp_dir_beside
 
-        from ..models.ldm import _replace_dir
-
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = temp_dir_beside(folder)
         module.vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
-        _replace_dir(tmp, folder)
+        replace_dir(tmp, folder)
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InputError
-from ..io import atomic_path, write_json
+from ..errors import InputError, OutputError
+from ..io import atomic_path, replace_dir, write_json
 from ..progress import is_quiet, progress
 from ..seeding import torch_generator_for
 
@@ -163,15 +163,20 @@ def save_checkpoint(folder: Path, module: nn.Module, optimizer, ema: EMA, step: 
     tmp = folder / f".step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
-    save_file({str(i): s.contiguous().cpu() for i, s in enumerate(ema.shadow)}, str(tmp / "ema.safetensors"))
-    tensors, meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "optimizer.json", meta)
-    write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "step": step, "ema_updates": ema.updates})
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        save_file({str(i): s.contiguous().cpu() for i, s in enumerate(ema.shadow)}, str(tmp / "ema.safetensors"))
+        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "optimizer.json", meta)
+        write_json(tmp / "state.json", {"format": CHECKPOINT_FORMAT, "step": step, "ema_updates": ema.updates})
+        replace_dir(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no partial .step-N.tmp/
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"{final}: cannot write the checkpoint ({e.strerror or e})") from None
+        raise
     for old in checkpoint_dirs(folder.parent)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -328,12 +327,11 @@ class MatcherStage(Stage):
         save_grid([batch["ref"] * 2 - 1, query * 2 - 1], path)
 
     def export(self, module, folder: Path) -> None:
-        from ..models.ldm import _replace_dir
+        from ..io import replace_dir, temp_dir_beside
 
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = temp_dir_beside(folder)
         module.net.save_pretrained(tmp, dtype=self.export_dtype)
-        _replace_dir(tmp, folder)
+        replace_dir(tmp, folder)
 
 
 # ---------------------------------------------------------------------------------------
