@@ -24,6 +24,7 @@ resumed run continues exactly as a straight one would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from ..seeding import torch_generator_for
 log = logging.getLogger("refsr.train")
 
 CHECKPOINT_FORMAT = "refsr.checkpoint/1"
+RUN_FORMAT = "refsr.train/1"
 LR_SCHEDULES = ("cosine", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -221,16 +223,69 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def _prepare_run(run: Path, opts: TrainOptions, main: bool) -> list[dict]:
-    """Check the run folder against --resume / --overwrite; return kept metrics lines."""
-    existing = checkpoint_dirs(run)
-    if existing and not opts.resume and not opts.overwrite:
-        raise InputError(f"{run}: already holds checkpoints (last {existing[-1].name}); "
-                         "pass --resume to continue it or --overwrite to start again")
-    if opts.overwrite and not opts.resume and main:
-        for name in ("checkpoints", "validation", "model"):
-            shutil.rmtree(run / name, ignore_errors=True)
-        (run / "metrics.jsonl").unlink(missing_ok=True)
+def _run_record(run: Path) -> dict | None:
+    """``RUN/run.json`` when it was written by ``refsr train`` (any version), else None."""
+    try:
+        rec = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or rec.get("format", RUN_FORMAT) != RUN_FORMAT or "stage" not in rec:
+        return None
+    return rec
+
+
+def _remove_run_outputs(run: Path) -> None:
+    """What a run makes, and nothing else: ``checkpoints/step-*``, ``validation/step-*.png``
+    (each folder too once empty), ``model/``, ``metrics.jsonl``, ``split.json``, ``eval.json``."""
+    for pattern in ("checkpoints/step-*", "checkpoints/.step-*.tmp", "model"):
+        for d in run.glob(pattern):
+            shutil.rmtree(d, ignore_errors=True)
+    for pattern in ("validation/step-*.png", "metrics.jsonl", "split.json", "eval.json"):
+        for f in run.glob(pattern):
+            f.unlink(missing_ok=True)
+    for d in ("checkpoints", "validation"):
+        with contextlib.suppress(OSError):
+            (run / d).rmdir()  # only when empty
+
+
+def claim_run_folder(run: Path, resume: bool, overwrite: bool, stage: str | None = None) -> None:
+    """Make sure ``run`` is this run's to write into, before anything is written (main process).
+
+    ``run`` must be new, empty, or a ``refsr train`` run folder (its ``run.json``); a
+    finished or started run (checkpoints or ``model/``) is continued only with ``resume``
+    (from a checkpoint of the same stage) or started again with ``overwrite``, which deletes
+    only what a run makes (:func:`_remove_run_outputs`). Leaves a ``run.json`` behind, so
+    the folder is the run's from then on.
+
+    Raises:
+        InputError: one line naming the folder and what to do.
+    """
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise InputError(f"{run}: exists and is not a folder; give a new or empty folder for the run")
+    record = _run_record(run) if run.is_dir() else None
+    if run.is_dir() and record is None and any(run.iterdir()):
+        raise InputError(f"{run}: not empty and not a refsr train run (no run.json of `refsr train`); "
+                         "give a new or empty folder (nothing in it was changed)")
+    existing, model = checkpoint_dirs(run), (run / "model").exists()
+    if resume and existing and stage and record and record.get("stage") not in (None, stage):
+        raise InputError(f"{run}: is a {record['stage']} run; cannot resume it as stage {stage}")
+    if not resume and not overwrite and (existing or model):
+        what = f"checkpoints (last {existing[-1].name})" if existing else "an exported model/ (finished run)"
+        raise InputError(f"{run}: already holds {what}; pass --resume to continue it or --overwrite to start again")
+    if resume and not existing and model:
+        raise InputError(f"{run}: has no checkpoint to resume from, and starting again would replace its "
+                         "exported model/; pass --overwrite to start again")
+    if overwrite and not resume:
+        _remove_run_outputs(run)
+    if record is None:
+        write_json(run / "run.json", {"format": RUN_FORMAT, "stage": stage})
+
+
+def _prepare_run(run: Path, opts: TrainOptions, main: bool, stage: str | None = None) -> list[dict]:
+    """Claim the run folder (main process); return the metrics lines kept on --resume."""
+    if main:
+        claim_run_folder(run, opts.resume, opts.overwrite, stage)
     metrics = run / "metrics.jsonl"
     if opts.resume and metrics.is_file():
         return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -278,7 +333,7 @@ def run_training(stage: Stage, opts: TrainOptions) -> Path:
     run = Path(opts.output)
     accelerator = make_accelerator(opts, stage.find_unused_parameters)
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
-    metrics = _prepare_run(run, opts, main)
+    metrics = _prepare_run(run, opts, main, stage.name)
     accelerator.wait_for_everyone()
     torch.manual_seed(opts.seed)
     dataset = stage.dataset()
@@ -297,7 +352,7 @@ def run_training(stage: Stage, opts: TrainOptions) -> Path:
     (log.info if main else log.debug)("stage %s: %d optimizer steps, global batch %d = %d per device x %d process(es) x %d accumulation",
              stage.name, opts.steps, global_batch, opts.batch_size, world, opts.grad_accum)
     if main:
-        write_json(run / "run.json", {"stage": stage.name, "global_batch": global_batch, "processes": world,
+        write_json(run / "run.json", {"format": RUN_FORMAT, "stage": stage.name, "global_batch": global_batch, "processes": world,
                                       **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()}})
     val_batch = _validation_batch(dataset, min(4, opts.batch_size)) if main else None
     _loop(stage, opts, accelerator, module, optimizer, params, ema, dataset, start, metrics, val_batch, global_batch)

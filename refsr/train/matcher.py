@@ -22,6 +22,7 @@ images were held out) and ``eval.json`` (held-out location accuracy, see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -34,7 +35,7 @@ from torch import nn
 from ..errors import InputError, MissingWeightsError
 from ..io import IMAGE_EXTENSIONS, list_images, read_pair_manifest, read_rgb, write_json
 from ..seeding import rng_for
-from .loop import Stage, TrainOptions, run_training, save_grid
+from .loop import Stage, TrainOptions, claim_run_folder, run_training, save_grid
 
 log = logging.getLogger("refsr.train")
 
@@ -363,6 +364,8 @@ def train_matcher(data: str | os.PathLike, opts: TrainOptions, init: str = "imag
     rel = lambda ps: [Path(os.path.relpath(p, root)).as_posix() for p in ps]  # noqa: E731
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
+        claim_run_folder(run, opts.resume, opts.overwrite, "matcher")
+        opts = dataclasses.replace(opts, overwrite=False)  # claimed (and cleaned) once, here
         write_json(run / "split.json", {"data": str(data), "root": str(Path(root).resolve()), "holdout": holdout, "seed": opts.seed,
                                         "train": rel(train), "held_out": rel(held)})
     stage = MatcherStage(train, init, arch, depth, head_dim, patch, scale, temperature, opts.seed, max_shift,
