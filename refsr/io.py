@@ -370,6 +370,31 @@ def write_like(path: str | os.PathLike, rgb: np.ndarray, like: Image) -> Path:
 
 
 # ---------------------------------------------------------------------------------------
+# Names made from input data
+# ---------------------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """``name`` (an id, a stem, a stem plus suffix: anything taken from input data) made
+    into one harmless path component, so a write under an output folder stays in it.
+
+    Path separators (``/``, ``\\``) and NUL become ``_``; the names ``""``, ``"."`` and
+    ``".."`` become ``"_"``, ``"_"`` and ``"__"``. Other names are kept as they are
+    (``"a/../../b"`` -> ``"a_.._.._b"``, ``"/abs"`` -> ``"_abs"``).
+    """
+    cleaned = str(name).replace("/", "_").replace("\\", "_").replace("\0", "_")
+    return {"": "_", ".": "_", "..": "__"}.get(cleaned, cleaned)
+
+
+def child_path(folder: str | os.PathLike, *names: str, suffix: str = "") -> Path:
+    """``folder / safe_name(n1) / ... / (safe_name(nk) + suffix)``: a path under ``folder``
+    built from names taken from input data (see :func:`safe_name`)."""
+    parts = [safe_name(n) for n in names]
+    parts[-1] += suffix
+    return Path(folder).joinpath(*parts)
+
+
+# ---------------------------------------------------------------------------------------
 # Listing inputs
 # ---------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import stat
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -119,3 +120,85 @@ def test_train_keeps_a_finished_runs_model_without_overwrite(tmp_path):
         claim_run_folder(other, resume=False, overwrite=True)
     claim_run_folder(tmp_path / "new", resume=False, overwrite=False, stage="matcher")
     assert io.read_json(tmp_path / "new" / "run.json") == {"format": "refsr.train/1", "stage": "matcher"}
+
+
+# ---------------------------------------------------------------------------------------
+# 6. names taken from input data never lead a write out of the output folder
+# ---------------------------------------------------------------------------------------
+
+HOSTILE = ["..", "", "/abs", "a/../../b"]
+
+
+def _inside(folder, paths):
+    root = os.path.realpath(folder)
+    return all(os.path.realpath(p).startswith(root + os.sep) for p in paths)
+
+
+def test_safe_name_keeps_every_hostile_name_one_component():
+    assert [io.safe_name(n) for n in HOSTILE] == ["__", "_", "_abs", "a_.._.._b"]
+    assert io.safe_name("my photo_0") == "my photo_0" and io.safe_name(".") == "_"
+    assert io.child_path("/out", "..", suffix=".png") == io.Path("/out/__.png")
+
+
+def test_degrade_pair_files_stay_in_the_output_folder(tmp_path, photo_folder):
+    from refsr.degrade.params import resolve_config
+    from refsr.degrade.pipeline import process_pair
+
+    out = tmp_path / "sub" / "pairs"
+    src = photo_folder / "astronaut.png"
+    for i, pid in enumerate(HOSTILE):
+        rec = process_pair({"id": pid, "index": i, "source": str(src), "source_rel": str(src), "crop_index": 0,
+                            "scale": 4, "crop": 32, "seed": 0, "config": resolve_config("bicubic", None, None),
+                            "out": str(out)})
+        assert rec["id"] == pid and _inside(out, [out / rec["hr"], out / rec["lr"]])
+    assert sorted(p.name for p in (out / "hr").iterdir()) == ["_.png", "__.png", "_abs.png", "a_.._.._b.png"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png") if "photos" not in p.parts) == sorted(
+        f"sub/pairs/{d}/{n}" for d in ("hr", "lr") for n in ("_.png", "__.png", "_abs.png", "a_.._.._b.png"))
+
+
+def test_match_save_crops_stay_in_the_crops_folder(tmp_path):
+    from test_retrieval import SETTINGS, SPEC
+
+    from conftest import small_photo
+    from refsr.retrieval.index import index_refs
+    from refsr.retrieval.match import MatchSettings, match_queries
+
+    for name in ("coffee", "chelsea"):
+        io.write_image(tmp_path / "refs" / f"{name}.png", small_photo(name))
+    index_refs([tmp_path / "refs"], tmp_path / "idx", SPEC)
+    hr = small_photo("astronaut")[:64, :64]
+    records = []
+    for i, pid in enumerate(HOSTILE):
+        io.write_image(tmp_path / "w" / "pairs" / "hr" / f"p{i}.png", hr)
+        io.write_image(tmp_path / "w" / "pairs" / "lr" / f"p{i}.png", hr[::4, ::4])
+        records.append({"id": pid, "hr": f"hr/p{i}.png", "lr": f"lr/p{i}.png", "scale": 4, "source": "none.png",
+                        "crop": [0, 0, 64, 64], "seed": 0, "degradation": {}})
+    io.write_jsonl(tmp_path / "w" / "pairs" / "manifest.jsonl", records)
+    crops = tmp_path / "w" / "crops"
+    match_queries(tmp_path / "w" / "pairs" / "manifest.jsonl", tmp_path / "idx", tmp_path / "w" / "m.jsonl",
+                  MatchSettings(**dict(SETTINGS, top_images=2, top_refs=1)), matcher="none", save_crops=crops)
+    written = [p for p in tmp_path.rglob("*.png") if "refs" not in p.parts and "pairs" not in p.parts]
+    assert sorted(p.relative_to(crops).as_posix() for p in written) == [
+        "_/00.png", "__/00.png", "_abs/00.png", "a_.._.._b/00.png"]
+
+
+def test_sample_suffix_cannot_leave_the_output_folder(tmp_path):
+    from refsr.sample.restore import InputItem, output_paths
+
+    out = tmp_path / "a" / "out"
+    items = [InputItem(tmp_path / "lr" / "im.png")]
+    names = [output_paths(items, out, suffix)[0] for suffix in HOSTILE]
+    assert [p.relative_to(out).as_posix() for p in names] == ["im...png", "im.png", "im_abs.png", "ima_.._.._b.png"]
+    # end to end, through the CLI
+    import torch
+
+    from refsr.models import RefSRModel
+
+    torch.manual_seed(0)
+    RefSRModel.from_config("tiny", kind="ldm").save_pretrained(tmp_path / "model")
+    io.write_image(tmp_path / "lr" / "im.png", np.full((8, 8, 3), 0.5, np.float32))
+    res = _cli("sample", "--model", tmp_path / "model", tmp_path / "lr" / "im.png", "-o", out, "--suffix", "/../../x",
+               "--steps", 1, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == [
+        "a/out/im_.._.._x.png", "lr/im.png"]

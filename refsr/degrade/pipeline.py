@@ -92,12 +92,12 @@ def process_pair(task: dict) -> dict:
         return {"error": str(e), "source": task["source"]}
     params = sample_params(task["seed"], task["id"], task["config"])
     target, lr = degrade_image(hr, params, task["scale"])
-    out = Path(task["out"])
-    io.write_image(out / "hr" / f"{task['id']}.png", target, bit_depth=image.bit_depth)
-    io.write_image(out / "lr" / f"{task['id']}.png", lr, bit_depth=8)
+    out, name = Path(task["out"]), io.safe_name(task["id"]) + ".png"
+    io.write_image(out / "hr" / name, target, bit_depth=image.bit_depth)
+    io.write_image(out / "lr" / name, lr, bit_depth=8)
     record = {
         "format": io.PAIR_FORMAT, "id": task["id"], "index": task["index"],
-        "hr": f"hr/{task['id']}.png", "lr": f"lr/{task['id']}.png", "scale": task["scale"],
+        "hr": f"hr/{name}", "lr": f"lr/{name}", "scale": task["scale"],
         "source": task["source_rel"], "source_sha256": io.sha256_file(task["source"]),
         "crop": crop, "crop_size": task["crop"], "padded": bool(pad[0] or pad[1]), "padding": pad,
         "seed": task["seed"], "preset": task["config"].get("name"), "degradation": params,

@@ -435,12 +435,12 @@ def match_one(q: Query, clip, index, excl: _ExclusionMap, cache: _FeatureCache, 
 
 
 def _save_crops(folder: Path, q: Query, refs: list[dict], index) -> None:
-    from ..io import read_rgb, write_image
+    from ..io import read_rgb, safe_name, write_image
 
     for rank, ref in enumerate(refs):
         x, y, w, h = ref["box"]
         rgb = read_rgb(index.abs_path(index.item_by_label(ref["label"])))
-        write_image(folder / q.id.replace("/", "_") / f"{rank:02d}.png", rgb[y:y + h, x:x + w])
+        write_image(folder / safe_name(q.id) / f"{rank:02d}.png", rgb[y:y + h, x:x + w])  # an id ".." stays in DIR
 
 
 def _load_partial(partial: Path) -> dict[str, dict]:

@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, RefSRError
-from ..io import Image, list_images, read_image, read_json, read_pair_manifest, select_shard, write_json, write_like
+from ..io import (Image, list_images, read_image, read_json, read_pair_manifest, safe_name, select_shard,
+                  write_json, write_like)
 from ..progress import progress
 from .core import SampleSettings, restore_tensor
 from .references import Fragment, MatchTable, load_global_refs, load_match_refs
@@ -80,7 +81,7 @@ def output_paths(items: list[InputItem], out_dir: Path, suffix: str) -> list[Pat
     taken: dict[str, Path] = {}
     outs = []
     for item in items:
-        name = f"{item.path.stem}{suffix}.png"
+        name = safe_name(f"{item.path.stem}{suffix}") + ".png"  # a --suffix "/../x" stays in OUT
         if name in taken:
             raise InputError(f"{item.path} and {taken[name]} would both be written to {out_dir / name}; rename one")
         taken[name] = item.path
