@@ -386,14 +386,6 @@ def safe_name(name: str) -> str:
     return {"": "_", ".": "_", "..": "__"}.get(cleaned, cleaned)
 
 
-def child_path(folder: str | os.PathLike, *names: str, suffix: str = "") -> Path:
-    """``folder / safe_name(n1) / ... / (safe_name(nk) + suffix)``: a path under ``folder``
-    built from names taken from input data (see :func:`safe_name`)."""
-    parts = [safe_name(n) for n in names]
-    parts[-1] += suffix
-    return Path(folder).joinpath(*parts)
-
-
 # ---------------------------------------------------------------------------------------
 # Listing inputs
 # ---------------------------------------------------------------------------------------

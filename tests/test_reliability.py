@@ -137,7 +137,6 @@ def _inside(folder, paths):
 def test_safe_name_keeps_every_hostile_name_one_component():
     assert [io.safe_name(n) for n in HOSTILE] == ["__", "_", "_abs", "a_.._.._b"]
     assert io.safe_name("my photo_0") == "my photo_0" and io.safe_name(".") == "_"
-    assert io.child_path("/out", "..", suffix=".png") == io.Path("/out/__.png")
 
 
 def test_degrade_pair_files_stay_in_the_output_folder(tmp_path, photo_folder):
