@@ -101,12 +101,6 @@ def _match(manifest: Path, index_dir: Path, out: Path, matcher: str, patch: int,
     return out
 
 
-def default_matcher() -> str:
-    """The shipped trained matcher if there is one, else torchvision's ImageNet ResNet-34."""
-    shipped = Path(__file__).resolve().parent / "weights" / "matcher"
-    return str(shipped) if (shipped / "config.json").is_file() else "imagenet"
-
-
 def bicubic_baseline(manifest: str | Path, out_dir: str | Path) -> None:
     """Bicubic x-scale upsampling of every LR image of a pair manifest: the floor row."""
     out_dir = Path(out_dir)
@@ -164,7 +158,7 @@ def run_demo(
         model: a model folder; ``None`` = the shipped default model.
         crop: side of the HR target in pixels (the LR is ``crop / scale``).
         steps: DDIM steps of the sampler.
-        matcher: ``None`` = the shipped trained matcher if present, else ImageNet weights.
+        matcher: a ``refsr match --matcher`` spec; ``None`` = ``shipped``, the trained matcher.
         patch: reference fragment size (default: the model's ``ref_size``).
         color_fix: ``wavelet`` (default), ``adain`` or ``none``: match the output's
             low-frequency colour to the upsampled input (as StableSR does).
@@ -191,7 +185,7 @@ def run_demo(
     manifest = pairs / "manifest.jsonl"
     _index_references(ref_dir, out_dir / "refs.index", clip_model, clip_pretrained, str(dev), notes)
     matches = _match(manifest, out_dir / "refs.index", out_dir / "matches.jsonl",
-                     matcher or default_matcher(), patch, top_refs, str(dev), notes)
+                     matcher or "shipped", patch, top_refs, str(dev), notes)
 
     settings = SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix)
     restored = out_dir / "restored"

@@ -8,6 +8,19 @@ import re
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask (``os.sched_getaffinity``, which a
+    SLURM job or a cgroup CPU set restricts; ``os.cpu_count()`` where the platform has no
+    affinity), divided among the ``LOCAL_WORLD_SIZE`` processes a launcher started on this
+    node. At least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cpus // max(1, local))
+
+
 def resolve_device(spec: str = "auto"):
     """Turn ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` into a ``torch.device``.
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from .common import overwrite_option, report, seed_option, shard_option, skip_bad_option, warn, workers_option
+from refsr.degrade.pipeline import SCALES
 
-SCALES = ("1", "2", "3", "4", "8")
+from .common import (StageCommand, overwrite_option, report, seed_option, shard_option, skip_bad_option, warn,
+                     workers_option)
 
 
 def _check_crop(ctx, param, value):
@@ -29,10 +30,10 @@ def _check_preset(ctx, param, value):
     return value
 
 
-@click.command("degrade")
+@click.command("degrade", cls=StageCommand)
 @click.argument("inputs", nargs=-1, type=click.Path(exists=True))
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Output folder (hr/, lr/, manifest.jsonl).")
-@click.option("--scale", type=click.Choice(SCALES), default="4", show_default=True, help="SR factor: LR = HR / scale.")
+@click.option("--scale", type=click.Choice([str(s) for s in SCALES]), default="4", show_default=True, help="SR factor: LR = HR / scale.")
 @click.option("--crop", default="512", show_default=True, callback=_check_crop, metavar="SIZE|none",
               help="HR crop side (a multiple of the scale; smaller images are reflect-padded), or 'none' for the whole image.")
 @click.option("--crops-per-image", type=click.IntRange(min=1), default=1, show_default=True, help="Random crops (pairs) per input image.")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .common import device_option, report, seed_option, warn
+from refsr.sample import COLOR_FIXES
+
+from .common import StageCommand, device_option, report, seed_option, warn
 
 
-@click.command("demo")
+@click.command("demo", cls=StageCommand)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="refsr-demo", show_default=True,
               help="Folder for every stage's files, the picture and the report.")
 @click.option("--model", default=None, help="Model folder (default: the model shipped with refsr).")
@@ -17,9 +19,8 @@ from .common import device_option, report, seed_option, warn
 @click.option("--clip-pretrained", default="laion2b_s34b_b79k", show_default=True,
               help="OpenCLIP tag for stage 1 ('none' = random weights; used anyway when not cached).")
 @click.option("--matcher", default=None,
-              help="Patch matcher: a folder from `refsr train --stage matcher`, imagenet or none "
-                   "(default: the shipped matcher if any, else imagenet, else none).")
-@click.option("--color-fix", type=click.Choice(["wavelet", "adain", "none"]), default="wavelet", show_default=True,
+              help="Patch matcher: shipped (default), imagenet, none or a folder from `refsr train --stage matcher`.")
+@click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="wavelet", show_default=True,
               help="Match the restored images' low-frequency colour to the upsampled input (as StableSR).")
 @seed_option
 @device_option

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
-from .common import device_option, overwrite_option, report, warn
+from refsr.metrics.fidelity import COLORS
+from refsr.metrics.perceptual import LPIPS_NETS
+from refsr.metrics.report import METRICS as METRIC_NAMES
 
-METRIC_NAMES = ("psnr", "ssim", "lpips", "clipiqa", "fid")
+from .common import StageCommand, device_option, overwrite_option, report, warn
 
 
 def _parse_metrics(ctx, param, value):
@@ -25,7 +27,7 @@ def _parse_names(ctx, param, value):
     return [v.strip() for v in value.split(",")] if value else None
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=StageCommand)
 @click.option("--pred", type=click.Path(exists=True, path_type=Path), help="Folder of restored images (e.g. the output of `refsr sample`).")
 @click.option("--gt", type=click.Path(exists=True, path_type=Path),
               help="Folder of ground-truth images, or a pair manifest (.jsonl: its hr images; the default crop border is then its scale). "
@@ -34,7 +36,7 @@ def _parse_names(ctx, param, value):
               help=f"Comma-separated subset of {','.join(METRIC_NAMES)} (default: all that apply).")
 @click.option("--crop-border", type=click.IntRange(min=0), default=None,
               help="Pixels removed on each side for PSNR/SSIM (default: the manifest's scale, else 0).")
-@click.option("--color", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
+@click.option("--color", type=click.Choice(COLORS), default="y", show_default=True,
               help="PSNR/SSIM on the BT.601 Y channel (MATLAB rgb2ycbcr, as BasicSR) or on RGB.")
 @click.option("--suffix", default="_sr", show_default=True, help="Removed from prediction stems before pairing (stems without it pair as they are).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -42,7 +44,7 @@ def _parse_names(ctx, param, value):
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Per-image CSV to write (default: per_image.csv beside the report).")
 @click.option("--strict", is_flag=True, help="Exit 1 if any metric is unavailable (missing weights); the report is still written.")
-@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex", show_default=True, help="LPIPS trunk network.")
+@click.option("--lpips-net", type=click.Choice(LPIPS_NETS), default="alex", show_default=True, help="LPIPS trunk network.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
 @click.option("--protocol", default=None, help="Free text recorded in the report, e.g. the reference protocol ('single ref', 'top-10 refs').")
 @click.option("--compare", is_flag=True, help="Compare report.json files given as arguments instead of evaluating.")

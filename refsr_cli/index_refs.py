@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import click
 
-from .common import device_option, report, shard_option, workers_option
+from .common import StageCommand, device_option, report, shard_option, warn, workers_option
 
 
-@click.command("index-refs")
+@click.command("index-refs", cls=StageCommand)
 @click.argument("inputs", nargs=-1, type=click.Path(exists=True))
 @click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Index folder (created if absent).")
-@click.option("--model", default="ViT-B-32", show_default=True,
-              help="OpenCLIP model name, or the path of an OpenCLIP model config .json.")
+@click.option("--clip-model", default="ViT-B-32", show_default=True,
+              help="OpenCLIP architecture: a model name, or the path of an OpenCLIP model config .json.")
+@click.option("--model", "deprecated_model", default=None, hidden=True,
+              help="Deprecated name of --clip-model (--model means a refsr model elsewhere).")
 @click.option("--pretrained", default="laion2b_s34b_b79k", show_default=True,
               help="OpenCLIP pretrained tag (must be cached: no download), or 'none' for random weights.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -23,7 +25,8 @@ from .common import device_option, report, shard_option, workers_option
 @shard_option
 @click.option("--build", is_flag=True, help="Only merge the embedding parts in DIR/parts (e.g. of all shards) into the index.")
 @click.option("--info", is_flag=True, help="Only print count, model, dimension and size on disk of the index.")
-def index_refs(inputs, index_dir, model, pretrained, weights, batch_size, workers, device, prune, shard, build, info):
+def index_refs(inputs, index_dir, clip_model, deprecated_model, pretrained, weights, batch_size, workers, device, prune,
+               shard, build, info):
     """Embed the images of INPUTS (files or folders, searched recursively) with OpenCLIP
     and add them to the hnswlib index folder DIR.
 
@@ -55,8 +58,13 @@ def index_refs(inputs, index_dir, model, pretrained, weights, batch_size, worker
         return
     if not inputs:
         raise click.UsageError("give INPUTS to index (or --info / --build)")
-    spec = EmbedderSpec(model, None if pretrained.lower() == "none" else pretrained, weights)
-    s = run_index_refs(list(inputs), index_dir, spec, batch_size=batch_size, workers=workers or 2,
+    if deprecated_model is not None:
+        if click.get_current_context().get_parameter_source("clip_model").name != "DEFAULT":
+            raise click.UsageError("give --clip-model only (--model is its deprecated name)")
+        warn("index-refs --model is deprecated; use --clip-model (--model names a refsr model in other commands)")
+        clip_model = deprecated_model
+    spec = EmbedderSpec(clip_model, None if pretrained.lower() == "none" else pretrained, weights)
+    s = run_index_refs(list(inputs), index_dir, spec, batch_size=batch_size, workers=workers,
                        device=_device(device), prune=prune, shard=shard or (0, 1))
     built = f"index {s.count} images (+{s.added}, {s.replaced} replaced, {s.pruned} pruned)" if s.built else (
         f"index unchanged ({s.count} images)" if (shard or (0, 1))[1] == 1 else "waiting for the other shards (or --build)")

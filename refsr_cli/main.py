@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
 import refsr
-from refsr.progress import set_quiet
 
 # subcommand name -> "module:function" (imported lazily so `refsr --help` stays fast)
 SUBCOMMANDS = {
@@ -52,6 +50,13 @@ class RefsrGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def parse_args(self, ctx, args):
+        from .common import hoist_global_flags
+
+        name = next((a for a in args if not a.startswith("-")), None)
+        command = self.get_command(ctx, name) if name else None
+        return super().parse_args(ctx, hoist_global_flags(args, command))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -73,8 +78,8 @@ class RefsrGroup(click.Group):
 
 @click.group(cls=RefsrGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(refsr.__version__, "--version", prog_name="refsr")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logs and full tracebacks on errors.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no info logs.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs and full tracebacks on errors (also after the subcommand).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars and no info logs (also after the subcommand).")
 @click.pass_context
 def cli(ctx, verbose, quiet):
     """refsr: restore degraded images with a latent diffusion model guided by reference images.
@@ -92,16 +97,12 @@ def cli(ctx, verbose, quiet):
 
     Run `refsr COMMAND --help` for what each command reads and writes.
     """
+    from .common import set_verbosity
+
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
-    set_quiet(quiet)
-    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
-    # Third-party libraries (open_clip, diffusers, accelerate) log at INFO: keep them to
-    # warnings unless -v; refsr's own messages follow -q/-v.
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("refsr").setLevel(level)
+    set_verbosity(verbose, quiet)
 
 
 def main():

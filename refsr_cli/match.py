@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .common import device_option, overwrite_option, report, shard_option
+from refsr.retrieval.match import GROUP_BY, QUERY_KINDS
+
+from .common import StageCommand, device_option, overwrite_option, report, shard_option
 
 
-@click.command("match")
+@click.command("match", cls=StageCommand)
 @click.argument("queries", type=click.Path(exists=True))
 @click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Index folder made by `refsr index-refs`.")
@@ -16,13 +18,14 @@ from .common import device_option, overwrite_option, report, shard_option
 @click.option("--top-refs", type=click.IntRange(min=1), default=10, show_default=True, help="Stage 2: fragments kept per query.")
 @click.option("--patch", type=click.IntRange(min=1), default=512, show_default=True, help="Fragment size in pixels.")
 @click.option("--stride", type=click.IntRange(min=1), default=256, show_default=True, help="Step between fragments.")
-@click.option("--query", "query_kind", type=click.Choice(["hr", "lr"]), default="hr", show_default=True,
+@click.option("--query", "query_kind", type=click.Choice(QUERY_KINDS), default="hr", show_default=True,
               help="For a pair manifest: the HR crop (training) or the LR image upsampled bicubically (test time).")
-@click.option("--group-by", type=click.Choice(["parent"]), default=None,
+@click.option("--group-by", type=click.Choice(GROUP_BY), default=None,
               help="Only consider references in the same folder as the query's source image.")
-@click.option("--matcher", default="imagenet", show_default=True,
-              help="Patch matcher: imagenet (torchvision ResNet-34, cached weights), none (random, seed 0), "
-              "or a trained matcher folder (config.json + model.safetensors).")
+@click.option("--matcher", default="shipped", show_default=True,
+              help="Patch matcher: shipped (the trained matcher shipped with refsr, refsr/weights/matcher), "
+              "imagenet (torchvision ResNet-34, cached weights), none (random, seed 0), or a trained matcher "
+              "folder (from `refsr train --stage matcher`).")
 @click.option("--nms-iou", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Windows of one image overlapping a better one by more than this IoU are dropped.")
 @click.option("--save-crops", type=click.Path(file_okay=False), default=None, help="Also write the fragments as PNGs here.")

@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import click
 
-from .common import device_option, overwrite_option, report, seed_option, shard_option, warn
+from refsr.sample import COLOR_FIXES, PRECISIONS, list_samplers
 
-SAMPLER_CHOICES = ("ddim", "dpmpp", "ddpm")
-PRECISION_CHOICES = ("fp32", "bf16", "fp16")
-COLOR_FIX_CHOICES = ("none", "wavelet", "adain")
+from .common import (StageCommand, check_disjoint, device_option, overwrite_option, paths_option, report, seed_option,
+                     shard_option, warn)
 
 
-@click.command("sample")
+@click.command("sample", cls=StageCommand)
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: <stem><suffix>.png per input, plus run.json.")
 @click.option("--model", default=None, metavar="DIR|NAME",
               help="Model folder from `refsr train`, any diffusers LDM-SR folder, or a Hugging Face "
               "repo id (looked up in the HF cache, downloaded only with network). Default: the shipped model.")
-@click.option("--refs", multiple=True, type=click.Path(exists=True),
-              help="Reference image file or folder used for every input (repeatable); the centred "
-              "square of each image is resized to the model's reference size.")
+@paths_option("--refs", help="Reference images used for every input: a file, a folder or a comma-separated "
+              "list (repeatable; never also an input); the centred square of each image is resized to the "
+              "model's reference size.")
 @click.option("--matches", type=click.Path(exists=True, dir_okay=False),
               help="matches.jsonl from `refsr match`: each input gets its own fragments (boxes cropped "
               "from the reference images), found by pair id, query path or file stem.")
 @click.option("--max-refs", type=click.IntRange(min=0), default=None,
               help="At most this many fragments per image (default: the model's max_refs).")
-@click.option("--sampler", type=click.Choice(SAMPLER_CHOICES), default="ddim", show_default=True,
+@click.option("--sampler", type=click.Choice(list_samplers()), default="ddim", show_default=True,
               help="ddim (DDIM), dpmpp (DPM-Solver++ 2M) or ddpm (ancestral).")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps.")
 @click.option("--eta", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
@@ -39,9 +38,9 @@ COLOR_FIX_CHOICES = ("none", "wavelet", "adain")
               help="Overlap of neighbouring tiles in input pixels.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Tiles per U-Net/decoder call (more = faster on GPU, more memory).")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision (fp16 on CUDA only).")
-@click.option("--color-fix", type=click.Choice(COLOR_FIX_CHOICES), default="none", show_default=True,
+@click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="none", show_default=True,
               help="Match the output's low-frequency colour to the bicubic-upsampled input.")
 @click.option("--outscale", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Final scale relative to the input (LANCZOS resize); default: the model's scale.")
@@ -69,6 +68,7 @@ def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta,
     """
     from refsr.sample import SampleSettings, sample_files
 
+    check_disjoint(inputs, refs, "--refs")
     if tile and tile_overlap >= tile:
         raise click.BadParameter(f"{tile_overlap} must be smaller than --tile ({tile})", param_hint="--tile-overlap")
     settings = SampleSettings(sampler=sampler, steps=steps, eta=eta, tile=tile, tile_overlap=tile_overlap,

@@ -8,7 +8,7 @@
 #
 # Environment knobs (defaults in brackets): DEVICE [auto], SEED [0], CROP [128],
 # CLIP_MODEL [ViT-B-32], CLIP_PRETRAINED [laion2b_s34b_b79k; "none" = random weights offline],
-# MATCHER [imagenet; "none" = random ResNet-34; or a folder from `refsr train --stage matcher`],
+# MATCHER [shipped: the trained matcher; imagenet; "none" = random ResNet-34; or a folder from `refsr train --stage matcher`],
 # AE_LPIPS [1; 0 = train the autoencoder without the LPIPS loss],
 # AE_STEPS [2000], DIFF_STEPS [20000], SAMPLE_STEPS [50], PATCH [512], STRIDE [256].
 set -euo pipefail
@@ -16,7 +16,7 @@ set -euo pipefail
 HR_DIR=${1:?HR_DIR}; REF_DIR=${2:?REF_DIR}; WORK=${3:?WORK_DIR}; CONFIG=${4:-small}
 DEVICE=${DEVICE:-auto}; SEED=${SEED:-0}; CROP=${CROP:-128}
 CLIP_MODEL=${CLIP_MODEL:-ViT-B-32}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-laion2b_s34b_b79k}
-MATCHER=${MATCHER:-imagenet}; PATCH=${PATCH:-512}; STRIDE=${STRIDE:-256}
+MATCHER=${MATCHER:-shipped}; PATCH=${PATCH:-512}; STRIDE=${STRIDE:-256}
 AE_STEPS=${AE_STEPS:-2000}; DIFF_STEPS=${DIFF_STEPS:-20000}; SAMPLE_STEPS=${SAMPLE_STEPS:-50}
 mkdir -p "$WORK"
 
@@ -24,7 +24,7 @@ mkdir -p "$WORK"
 refsr degrade "$HR_DIR" -o "$WORK/pairs" --scale 4 --crop "$CROP" --seed "$SEED"
 
 # 2. reference index (OpenCLIP embeddings in hnswlib; incremental: rerun after adding photos)
-refsr index-refs "$REF_DIR" --index "$WORK/refs.index" --model "$CLIP_MODEL" \
+refsr index-refs "$REF_DIR" --index "$WORK/refs.index" --clip-model "$CLIP_MODEL" \
     --pretrained "$CLIP_PRETRAINED" --device "$DEVICE"
 
 # 3. the 10 best reference fragments per pair (CLIP top images, then the patch matcher)

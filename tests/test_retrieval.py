@@ -399,9 +399,16 @@ def test_cli_index_match_and_errors(refs, tmp_path):
     from refsr_cli.main import cli
 
     runner = CliRunner()
-    r = runner.invoke(cli, ["-q", "index-refs", str(refs), "--index", str(tmp_path / "idx"), "--model", TINY,
+    r = runner.invoke(cli, ["-q", "index-refs", str(refs), "--index", str(tmp_path / "idx"), "--clip-model", TINY,
                             "--pretrained", "none"])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["-q", "index-refs", str(refs), "--index", str(tmp_path / "idx"), "--model", TINY,
+                            "--pretrained", "none"])  # the deprecated name still works, with one warning line
+    assert r.exit_code == 0 and r.stderr.splitlines() == [
+        "warning: index-refs --model is deprecated; use --clip-model (--model names a refsr model in other commands)"]
+    r = runner.invoke(cli, ["index-refs", str(refs), "--index", str(tmp_path / "idx"), "--model", TINY,
+                            "--clip-model", TINY])
+    assert r.exit_code == 2 and "give --clip-model only" in r.output
     r = runner.invoke(cli, ["index-refs", "--index", str(tmp_path / "idx"), "--info"])
     assert r.exit_code == 0 and "4 images" in r.output and "dim 32" in r.output
     r = runner.invoke(cli, ["-q", "match", str(refs), "--index", str(tmp_path / "idx"), "-o", str(tmp_path / "m.jsonl"),

@@ -227,7 +227,8 @@ def test_ldm_pipeline_folder_loads_and_matches_diffusers(tmp_path, astronaut):
     pipe.save_pretrained(tmp_path / "pipe")
     lr = _lr(astronaut, 16, 16)
     write_image(tmp_path / "lr.png", lr)
-    r = _run(tmp_path / "lr.png", "-o", tmp_path / "out", "--model", tmp_path / "pipe", "--refs", tmp_path / "lr.png", "--steps", "3", "--device", "cpu")
+    write_image(tmp_path / "ref.png", lr)
+    r = _run(tmp_path / "lr.png", "-o", tmp_path / "out", "--model", tmp_path / "pipe", "--refs", tmp_path / "ref.png", "--steps", "3", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "references are ignored" in r.output
     assert read_image(tmp_path / "out" / "lr_sr.png").rgb.shape == (64, 64, 3)

@@ -208,7 +208,10 @@ def degrade_folder(
     records = {t["id"]: previous[t["id"]] for t in tasks if _is_complete(previous.get(t["id"]), t, out)}
     result = DegradeResult(manifest=out / name, skipped=len(records))
     pending = [t for t in tasks if t["id"] not in records]
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers is None:
+        from ..device import available_cpus
+
+        workers = available_cpus()
     bar = progress(total=len(tasks), initial=len(records), desc="degrade", unit="pair")
     last = time.monotonic()
     try:

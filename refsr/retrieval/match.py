@@ -26,9 +26,12 @@ from ..io import MATCH_FORMAT as MATCH_FORMAT_NAME
 log = logging.getLogger(__name__)
 
 MATCHER_FORMAT = "refsr.matcher/1"
+SHIPPED_MATCHER = Path(__file__).resolve().parents[1] / "weights" / "matcher"  # `--matcher shipped`
 RANDOM_INIT_SEED = 0
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+QUERY_KINDS = ("hr", "lr")  # a manifest query: the HR crop, or the LR image upsampled bicubically
+GROUP_BY = ("parent",)  # candidates only from the folder of the query's source
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,7 +133,8 @@ def load_matcher(spec: str = "imagenet", device: str = "cpu", arch: str = "resne
     """The stage-2 feature network for ``spec``, in eval mode on ``device``.
 
     Args:
-        spec (`str`): ``imagenet`` (torchvision weights, cached), ``none`` (random weights,
+        spec (`str`): ``shipped`` (the trained matcher in ``refsr/weights/matcher``),
+            ``imagenet`` (torchvision weights, cached), ``none`` (random weights,
             seed 0: the same network in every process), or a trained matcher: a folder
             with ``config.json`` + ``model.safetensors`` (``ResNetTrunk.save_pretrained``),
             or a ``.safetensors`` file of a default trunk.
@@ -144,6 +148,8 @@ def load_matcher(spec: str = "imagenet", device: str = "cpu", arch: str = "resne
     """
     import torch
 
+    if spec == "shipped":
+        spec = str(SHIPPED_MATCHER)
     if spec == "imagenet":
         model = ResNetTrunk(arch, depth)
         net_sd = _imagenet_state_dict(arch)
@@ -158,7 +164,7 @@ def load_matcher(spec: str = "imagenet", device: str = "cpu", arch: str = "resne
     elif Path(spec).exists():
         model = _load_matcher_folder(Path(spec))
     else:
-        raise InputError(f"matcher {spec!r}: expected imagenet, none, or a matcher folder/.safetensors file that exists")
+        raise InputError(f"matcher {spec!r}: expected shipped, imagenet, none, or a matcher folder/.safetensors file that exists")
     return model.eval().to(device)
 
 
@@ -289,8 +295,8 @@ def read_queries(queries: str | os.PathLike, kind: str = "hr") -> list[Query]:
     """
     from ..io import list_images, read_pair_manifest, resolve_path
 
-    if kind not in ("hr", "lr"):
-        raise ValueError(f"query kind must be 'hr' or 'lr', got {kind!r}")
+    if kind not in QUERY_KINDS:
+        raise ValueError(f"query kind must be one of {', '.join(QUERY_KINDS)}, got {kind!r}")
     path = Path(queries)
     if path.suffix.lower() == ".jsonl":
         out = []
@@ -410,8 +416,8 @@ class MatchSettings:
         for name in ("top_images", "top_refs", "patch", "stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.group_by not in (None, "parent"):
-            raise ValueError(f"group_by must be None or 'parent', got {self.group_by!r}")
+        if self.group_by is not None and self.group_by not in GROUP_BY:
+            raise ValueError(f"group_by must be None or one of {', '.join(GROUP_BY)}, got {self.group_by!r}")
 
 
 def match_one(q: Query, clip, index, excl: _ExclusionMap, cache: _FeatureCache, net, device,
@@ -458,7 +464,7 @@ def _load_partial(partial: Path) -> dict[str, dict]:
 
 def match_queries(
     queries: str | os.PathLike, index_dir: str | os.PathLike, output: str | os.PathLike,
-    settings: MatchSettings | None = None, query_kind: str = "hr", matcher: str = "imagenet",
+    settings: MatchSettings | None = None, query_kind: str = "hr", matcher: str = "shipped",
     save_crops: str | os.PathLike | None = None, device: str = "cpu", shard: tuple[int, int] = (0, 1),
     overwrite: bool = False, embedder_spec=None,
 ) -> MatchStats:

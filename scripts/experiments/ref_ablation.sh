@@ -61,7 +61,7 @@ fi
 if has index; then
   stamp "index-refs: the training photos are the reference collection"
   $REFSR -q index-refs $(cat "$WORK/split/train.txt") --index "$WORK/refs.index" \
-      --model "$CLIP_MODEL" --pretrained "$CLIP_PRETRAINED" --device "$DEVICE"
+      --clip-model "$CLIP_MODEL" --pretrained "$CLIP_PRETRAINED" --device "$DEVICE"
 fi
 if has match; then
   stamp "match: references = other photos of the same species (--group-by parent)"
