@@ -205,18 +205,65 @@ class Image:
         return self.rgb.shape[1]
 
 
-def _exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag (1..8) of an encoded image, 1 when absent or unreadable."""
+DEFAULT_MAX_PIXELS = 16384 * 16384  # about 16k x 16k: 3 GiB as float32 RGB
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) refsr decodes: ``REFSR_MAX_PIXELS`` or 16384 x 16384.
+
+    Raises:
+        InputError: ``REFSR_MAX_PIXELS`` is not a positive integer.
+    """
+    value = os.environ.get("REFSR_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(value))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise InputError(f"REFSR_MAX_PIXELS={value!r}: expected a positive number of pixels, e.g. {DEFAULT_MAX_PIXELS}")
+    return limit
+
+
+def _read_header(data: bytes) -> tuple[tuple[int, int] | None, int]:
+    """``((width, height), EXIF orientation 1..8)`` from an encoded image's header, without
+    decoding its pixels; ``(None, 1)`` when Pillow cannot parse it (OpenCV then decides)."""
     try:
         import io as _io
+        import warnings
 
         from PIL import Image as PILImage
+    except ImportError:
+        return None, 1
+    limit = PILImage.MAX_IMAGE_PIXELS
+    try:
+        PILImage.MAX_IMAGE_PIXELS = None  # refsr checks the size itself (max_pixels), with the file's name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own warnings (bombs, odd chunks) would leak to stderr
+            with PILImage.open(_io.BytesIO(data)) as im:
+                size = (int(im.size[0]), int(im.size[1]))
+                try:
+                    value = int(im.getexif().get(0x0112, 1))
+                except Exception:  # an unreadable EXIF block: upright
+                    value = 1
+        return size, value if 1 <= value <= 8 else 1
+    except Exception:  # not a format Pillow parses
+        return None, 1
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
 
-        with PILImage.open(_io.BytesIO(data)) as im:
-            value = im.getexif().get(0x0112, 1)
-        return int(value) if 1 <= int(value) <= 8 else 1
-    except Exception:  # no EXIF, no Pillow, or a format Pillow does not parse: upright
-        return 1
+
+def check_pixels(name: str | os.PathLike, width: int, height: int) -> None:
+    """Refuse an image larger than :func:`max_pixels`, before it is decoded.
+
+    Raises:
+        InputError: naming the file, its size and how to raise the limit.
+    """
+    limit = max_pixels()
+    if width * height > limit:
+        raise InputError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.0f} MP) is over the limit of "
+                         f"{limit / 1e6:.0f} MP; set REFSR_MAX_PIXELS to a larger number of pixels to read it")
 
 
 def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
@@ -238,15 +285,23 @@ def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> Image:
     """Decode encoded image bytes (PNG/JPEG/WebP/TIFF/BMP) into an :class:`Image`.
 
     Raises:
-        InputError: empty, truncated or non-image data; the message names ``name``.
+        InputError: empty, truncated or non-image data, or more pixels than :func:`max_pixels`
+            (checked from the header, before decoding); the message names ``name``.
     """
     if len(data) == 0:
         raise InputError(f"{name}: file is empty")
+    size, orientation = _read_header(data)
+    if size is not None:
+        check_pixels(name, *size)
     buf = np.frombuffer(data, dtype=np.uint8)
     # IMREAD_UNCHANGED keeps 16 bits and alpha, but skips EXIF orientation: we apply it.
-    array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own size limit or a decoder assertion: its text names no file
+        raise InputError(f"{name}: not a readable image (the decoder refused it: too large or corrupt)") from None
     if array is None or array.size == 0:
         raise InputError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
+    check_pixels(name, array.shape[1], array.shape[0])  # formats Pillow could not size
     if array.dtype == np.uint8:
         bit_depth, scale = 8, 255.0
     elif array.dtype == np.uint16:
@@ -255,7 +310,6 @@ def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> Image:
         bit_depth, scale = 16, 1.0
     else:
         raise InputError(f"{name}: unsupported pixel type {array.dtype}")
-    orientation = _exif_orientation(data)
     if orientation != 1:
         array = _apply_orientation(array, orientation)
     pixels = np.clip(array.astype(np.float32) / scale, 0.0, 1.0)

@@ -201,3 +201,61 @@ def test_sample_suffix_cannot_leave_the_output_folder(tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == [
         "a/out/im_.._.._x.png", "lr/im.png"]
+
+
+# ---------------------------------------------------------------------------------------
+# 3. images too large to decode are refused from their header
+# ---------------------------------------------------------------------------------------
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A small PNG file whose IHDR claims ``width`` x ``height`` (8-bit RGB); its pixel data
+    is a few bytes, so decoding it for real would fail, but nothing should try."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("size", [(100000, 100000), (32000, 32000)])
+def test_huge_image_header_is_refused_before_decoding(tmp_path, size, monkeypatch):
+    import cv2
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header_only(*size))
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("decoded a refused image"))
+    with pytest.raises(io.InputError) as err:
+        io.read_image(path)
+    w, h = size
+    assert str(err.value) == (f"{path}: {w}x{h} pixels ({w * h / 1e6:.0f} MP) is over the limit of 268 MP; "
+                              "set REFSR_MAX_PIXELS to a larger number of pixels to read it")
+
+
+def test_pixel_limit_follows_refsr_max_pixels(tmp_path, monkeypatch):
+    io.write_image(tmp_path / "small.png", np.zeros((20, 30, 3), np.float32))
+    monkeypatch.setenv("REFSR_MAX_PIXELS", "599")
+    with pytest.raises(io.InputError, match=r"small.png: 30x20 pixels \(0 MP\) is over the limit"):
+        io.read_image(tmp_path / "small.png")
+    monkeypatch.setenv("REFSR_MAX_PIXELS", "600")
+    assert io.read_image(tmp_path / "small.png").rgb.shape == (20, 30, 3)
+    monkeypatch.setenv("REFSR_MAX_PIXELS", "lots")
+    with pytest.raises(io.InputError, match="REFSR_MAX_PIXELS='lots': expected a positive number"):
+        io.read_image(tmp_path / "small.png")
+
+
+def test_degrade_skip_bad_skips_a_huge_image_and_names_it(photo_folder, tmp_path):
+    (photo_folder / "bomb.png").write_bytes(png_header_only(100000, 100000))
+    res = _cli("degrade", photo_folder, "-o", tmp_path / "pairs", "--crop", "48", "--workers", "1")
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"refsr degrade: error: {photo_folder / 'bomb.png'}: 100000x100000 pixels (10000 MP) is over the limit of "
+        "268 MP; set REFSR_MAX_PIXELS to a larger number of pixels to read it"]
+    res = _cli("degrade", photo_folder, "-o", tmp_path / "skip", "--crop", "48", "--workers", "1", "--skip-bad")
+    assert res.exit_code == 0, res.output
+    assert "2 pairs written, 0 already complete, 1 bad inputs skipped" in res.output
+    assert f"skipped bad input: {photo_folder / 'bomb.png'}: 100000x100000 pixels" in res.output
+    assert [r["id"] for r in io.read_jsonl(tmp_path / "skip" / "manifest.jsonl")] == ["astronaut_0", "coffee_0"]
