@@ -30,6 +30,9 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps.")
 @click.option("--eta", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="DDIM eta (0 = deterministic DDIM); other samplers ignore it.")
+@click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Where the reverse process starts: 1 = from pure noise; S < 1 = at timestep S x T, from the "
+              "noised latent of the bicubic-upsampled input (runs about S x --steps steps).")
 @seed_option
 @click.option("--tile", type=click.IntRange(min=0), default=128, show_default=True,
               help="Tile size in input (LR) pixels; larger inputs are restored in overlapping tiles "
@@ -48,7 +51,7 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
 @shard_option
 @overwrite_option
 @device_option
-def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta, seed, tile, tile_overlap,
+def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta, start_strength, seed, tile, tile_overlap,
            batch_size, precision, color_fix, outscale, suffix, shard, overwrite, device):
     """Restore LR images with a latent diffusion model, guided by reference images.
 
@@ -72,7 +75,8 @@ def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta,
     if tile and tile_overlap >= tile:
         raise click.BadParameter(f"{tile_overlap} must be smaller than --tile ({tile})", param_hint="--tile-overlap")
     settings = SampleSettings(sampler=sampler, steps=steps, eta=eta, tile=tile, tile_overlap=tile_overlap,
-                              batch_size=batch_size, precision=precision, color_fix=color_fix)
+                              batch_size=batch_size, precision=precision, color_fix=color_fix,
+                              start_strength=start_strength)
     summary = sample_files(inputs, out_dir, model=model, refs=refs, matches=matches, settings=settings, seed=seed,
                            device=device, outscale=outscale, suffix=suffix, shard=shard, overwrite=overwrite,
                            max_refs=max_refs)

@@ -11,12 +11,14 @@ from .common import device_option, report, seed_option, workers_option
 from .train_matcher import matcher_options, run_matcher_stage
 
 STAGES = ("autoencoder", "diffusion", "matcher")
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # refsr.models.ldm.PREDICTION_TYPES (kept light for --help)
 
 
 def _build_autoencoder(o: dict):
     from refsr.train.autoencoder import AutoencoderStage
 
-    return AutoencoderStage(o["data"], config=o["config"], seed=o["seed"], lpips=not o["no_lpips"])
+    return AutoencoderStage(o["data"], config=o["config"], seed=o["seed"], lpips=not o["no_lpips"],
+                            holdout=o["holdout"], val=o["val"], val_images=o["val_images"])
 
 
 def _build_diffusion(o: dict):
@@ -24,7 +26,8 @@ def _build_diffusion(o: dict):
 
     return DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
                           init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
-                          ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"])
+                          ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
+                          prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"])
 
 
 # stage name -> builder(options) -> refsr.train.loop.Stage; a new stage is one entry here
@@ -60,6 +63,19 @@ def _check_stage_options(o: dict) -> None:
               help="diffusion: probability of training a sample without references (default: config).")
 @click.option("--degrade-on-the-fly", is_flag=True, help="diffusion: make LR from HR with refsr.degrade's torch path "
               "(Real-ESRGAN preset) instead of the manifest's LR images.")
+@click.option("--prediction-type", type=click.Choice(PREDICTION_TYPES), default=None,
+              help="diffusion: what the U-Net predicts: epsilon (LDM-SR) or v_prediction (the SD x4 upscaler); "
+              "recorded in the model's scheduler config (default: config, epsilon).")
+@click.option("--min-snr-gamma", type=click.FloatRange(min=0), default=None,
+              help="diffusion: min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their value), 0 = off "
+              "(default: config, 0); recorded in refsr.json.")
+@click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="autoencoder, matcher: fraction of the images (by image) held out of training for the "
+              "evaluation in RUN/eval.json.")
+@click.option("--val", type=click.Path(exists=True, path_type=Path), default=None,
+              help="autoencoder: held-out images (folder or pair manifest) instead of --holdout.")
+@click.option("--val-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="autoencoder: at most this many held-out images are evaluated (centred squares of up to 256 px).")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Optimizer steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per device (default: config).")
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True, help="Gradient accumulation steps.")
@@ -71,7 +87,8 @@ def _check_stage_options(o: dict) -> None:
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--validate-every", type=click.IntRange(min=0), default=None, help="Validation grid every N steps, 0 = off.")
+@click.option("--validate-every", type=click.IntRange(min=0), default=None,
+              help="Validation grid (and the held-out evaluation, logged in metrics.jsonl) every N steps, 0 = off.")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--max-minutes", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Wall-clock cap: stop after this many minutes (checkpoint and export as at the end); "
@@ -129,3 +146,16 @@ def train(**o):
     if int(os.environ.get("RANK", "0")) == 0:
         done = int(checkpoint_dirs(opts.output)[-1].name.split("-")[1])
         report(f"trained {o['stage']} for {done} steps{'' if done == opts.steps else f' of {opts.steps} (time cap)'}: {out}")
+        if (opts.output / "eval.json").is_file() and o["stage"] == "autoencoder":
+            report(format_autoencoder_eval(opts.output / "eval.json"))
+
+
+def format_autoencoder_eval(path: Path) -> str:
+    """The held-out reconstruction line of an autoencoder run's eval.json."""
+    from refsr.io import read_json
+
+    ev = read_json(path)
+    q, c = ev["quantized"], ev["continuous"]
+    return (f"held-out reconstruction ({ev['images']} images, Y, border {ev['border']}): "
+            f"quantised {q['psnr']:.2f} dB / SSIM {q['ssim']:.4f}, continuous {c['psnr']:.2f} dB / SSIM {c['ssim']:.4f} "
+            f"({path})")

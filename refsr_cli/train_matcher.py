@@ -57,8 +57,6 @@ def matcher_options(f):
                      help="matcher: SR factor of the query degradation."),
         click.option("--temperature", type=click.FloatRange(min=1e-4), default=0.07, show_default=True,
                      help="matcher: InfoNCE temperature."),
-        click.option("--holdout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
-                     help="matcher: fraction of images held out for the location-accuracy evaluation."),
         click.option("--max-side", type=click.IntRange(min=0), default=512, show_default=True,
                      help="matcher: images are downscaled to this longer side (0 = never)."),
         click.option("--export-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,

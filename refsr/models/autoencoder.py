@@ -1,12 +1,21 @@
 """The VQ autoencoder (diffusers ``VQModel``, f=4) and the pieces of its training loss.
 
 Images are (B, 3, H, W) float in [-1, 1]; latents (B, C, H/4, W/4) before quantisation.
+
+Latent settings (:class:`LatentSpec`): the diffusion model sees ``latent_scale x`` the VQ
+latent, so that the latents have unit standard deviation (Rombach et al. 2022, Sec. G:
+"we rescale the latents by the component-wise standard deviation"; Stable Diffusion's
+``scaling_factor``), and the decoder is fed either the quantised latent (LDM-SR) or the
+continuous one. An autoencoder run records them in ``vqvae/refsr_latent.json``; a folder
+without that file (older refsr folders, diffusers' LDM-SR) has scale 1, quantised decoding.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,6 +33,86 @@ def build_vqvae(config: dict):
 def vq_downsampling(vqvae) -> int:
     """The spatial factor f of a ``VQModel`` (4 for LDM's vq-f4)."""
     return 2 ** (len(vqvae.config.block_out_channels) - 1)
+
+
+LATENT_FILE = "refsr_latent.json"
+LATENT_FORMAT = "refsr.latent/1"
+
+
+@dataclass
+class LatentSpec:
+    """How the diffusion model sees the VQ latents.
+
+    Attributes:
+        scale (`float`, defaults to 1): the denoiser works on ``scale x`` the encoder's latent.
+        decode_quantized (`bool`, defaults to True): decode through the codebook (LDM-SR) or
+            decode the continuous latent (``force_not_quantize``).
+        stats (`dict`): what the scale was measured on (informational).
+    """
+
+    scale: float = 1.0
+    decode_quantized: bool = True
+    stats: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return {"format": LATENT_FORMAT, **asdict(self)}
+
+
+def read_latent_spec(vq_folder) -> LatentSpec | None:
+    """The :class:`LatentSpec` stored beside a ``VQModel`` folder, or None if it has none.
+
+    Raises:
+        InputError: a present but unreadable or malformed file, naming it.
+    """
+    from ..errors import InputError
+    from ..io import read_json
+
+    path = Path(vq_folder) / LATENT_FILE
+    if not path.is_file():
+        return None
+    rec = read_json(path)
+    try:
+        spec = LatentSpec(float(rec["scale"]), bool(rec.get("decode_quantized", True)), dict(rec.get("stats", {})))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: not a latent settings file ({type(e).__name__}: {e})") from None
+    if not spec.scale > 0:
+        raise InputError(f"{path}: latent scale must be > 0, got {spec.scale}")
+    return spec
+
+
+def write_latent_spec(vq_folder, spec: LatentSpec) -> None:
+    """Write ``vq_folder/refsr_latent.json``."""
+    from ..io import write_json
+
+    write_json(Path(vq_folder) / LATENT_FILE, spec.record())
+
+
+@torch.no_grad()
+def latent_statistics(vqvae, batches) -> dict:
+    """Mean and standard deviation of the (unquantised) latents of ``batches``.
+
+    Args:
+        vqvae (`VQModel`): the encoder.
+        batches: an iterable of (B, 3, H, W) float tensors in [-1, 1].
+
+    Returns:
+        ``{"std": float (all channels together), "channel_mean": [...], "channel_std": [...],
+        "count": number of latent pixels}``.
+    """
+    total, total_sq, n = None, None, 0
+    for images in batches:
+        z = vqvae.encode(images).latents.double()
+        s, sq = z.sum(dim=(0, 2, 3)), (z * z).sum(dim=(0, 2, 3))
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        n += z.shape[0] * z.shape[2] * z.shape[3]
+    if not n:
+        raise ValueError("no images to measure the latent statistics on")
+    mean, second = total / n, total_sq / n
+    channel_std = (second - mean * mean).clamp_min(0).sqrt()
+    overall = float((second.mean() - mean.mean() ** 2).clamp_min(0).sqrt())
+    return {"std": overall, "channel_mean": [round(float(v), 6) for v in mean],
+            "channel_std": [round(float(v), 6) for v in channel_std], "count": int(n)}
 
 
 def init_keywords(cls) -> set[str]:

@@ -1,8 +1,11 @@
 """The refsr model: LDM-SR (``ldm``) and LDM-SR with the reference branch (``ldm-ca``).
 
 Convention (diffusers ``LDMSuperResolutionPipeline``): the LR image in [-1, 1] is
-concatenated to the latents on the channel axis, no latent scaling factor, decoding with
-``vqvae.decode(latents).sample`` clamped to [-1, 1].
+concatenated to the latents on the channel axis and decoding is
+``vqvae.decode(latents).sample`` clamped to [-1, 1]. On top of it, a refsr model may scale
+its latents to unit variance and decode without the quantiser (``latent_scale``,
+``decode_quantized`` in ``refsr.json``; see :class:`refsr.models.autoencoder.LatentSpec`);
+LDM-SR folders have scale 1 and quantised decoding, so they give the pipeline's output.
 
 A model folder (``save_pretrained``) is the diffusers layout: ``vqvae/``, ``unet/``,
 ``scheduler/``, ``ref_branch/`` (``ldm-ca`` only) and ``refsr.json``.
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from .autoencoder import build_vqvae, init_keywords, vq_downsampling
+from .autoencoder import LatentSpec, build_vqvae, init_keywords, read_latent_spec, vq_downsampling
 from .ref_branch import AGGREGATIONS, LRContext, RefBranch, RefContext, branch_for
 
 log = logging.getLogger("refsr.models")
@@ -38,6 +41,7 @@ SCHEDULER_CONFIG = {
     "prediction_type": "epsilon",
     "clip_sample": False,
 }
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 TOP_KEYS = {"scale", "patch_size", "ref_size", "max_refs", "vqvae", "unet", "ref_branch", "scheduler", "train"}
 REF_BRANCH_KEYS = {"ca_levels", "head_dim", "aggregation"}
 TRAIN_DEFAULTS = {
@@ -53,6 +57,7 @@ TRAIN_DEFAULTS = {
     "disc_start": -1,
     "disc_weight": 0.5,
     "validate_every": 500,
+    "min_snr_gamma": 0.0,
 }
 
 
@@ -132,6 +137,9 @@ def _validate_config(raw: dict, source: str) -> dict:
     cfg.setdefault("max_refs", 10)
     cfg.setdefault("ref_branch", {})
     cfg["scheduler"] = {**SCHEDULER_CONFIG, **cfg.get("scheduler", {})}
+    if cfg["scheduler"]["prediction_type"] not in PREDICTION_TYPES:
+        raise InputError(f"{source}: scheduler.prediction_type {cfg['scheduler']['prediction_type']!r} "
+                         f"is not one of {', '.join(PREDICTION_TYPES)}")
     cfg["train"] = {**TRAIN_DEFAULTS, **cfg.get("train", {})}
     latent = cfg["vqvae"].get("latent_channels", 3)
     cfg["unet"] = {**cfg["unet"], "in_channels": latent + 3, "out_channels": latent}
@@ -152,11 +160,13 @@ class RefSRModel(nn.Module):
         kind (`str`): ``"ldm"`` or ``"ldm-ca"``.
         vqvae (`VQModel`): f=4 autoencoder. unet (`UNet2DModel`): in_channels = latent + 3.
         ref_branch (`RefBranch` or `None`): None for ``ldm``.
-        scheduler_config (`dict`): a DDPMScheduler config. scale, patch_size, ref_size (`int`).
+        scheduler_config (`dict`): a DDPMScheduler config (its ``prediction_type`` says what the
+            U-Net predicts: ``epsilon`` or ``v_prediction``). scale, patch_size, ref_size (`int`).
+        latent (`LatentSpec`): latent scale and quantised/continuous decoding.
     """
 
     def __init__(self, vqvae, unet, ref_branch=None, scheduler_config=None, kind="ldm-ca",
-                 scale=4, patch_size=256, ref_size=256, max_refs=10):
+                 scale=4, patch_size=256, ref_size=256, max_refs=10, latent: LatentSpec | None = None):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"model kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -165,7 +175,13 @@ class RefSRModel(nn.Module):
         self.kind, self.vqvae, self.unet, self.ref_branch = kind, vqvae, unet, ref_branch
         self.scheduler_config = dict(scheduler_config or SCHEDULER_CONFIG)
         self.scale, self.patch_size, self.ref_size, self.max_refs = int(scale), int(patch_size), int(ref_size), int(max_refs)
+        self.latent = latent or LatentSpec()
+        self.recipe: dict = {}  # how it was trained (e.g. min_snr_gamma), kept in refsr.json
         check_compatible(vqvae, unet, scale)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", "epsilon")
 
     # -- construction ---------------------------------------------------------------
 
@@ -209,7 +225,8 @@ class RefSRModel(nn.Module):
         sched = _read_scheduler(path)
         patch = meta.get("patch_size") or 4 * int(unet.config.sample_size or 64)
         model = cls(vqvae, unet, branch, sched, meta["kind"], meta.get("scale", 4), patch,
-                    meta.get("ref_size", patch), meta.get("max_refs", 10))
+                    meta.get("ref_size", patch), meta.get("max_refs", 10), _latent_spec(path, meta))
+        model.recipe = dict(meta.get("recipe", {}))
         return model.to(device=device, dtype=dtype) if (device or dtype) else model
 
     def save_pretrained(self, path) -> None:
@@ -237,17 +254,25 @@ class RefSRModel(nn.Module):
         """The content of ``refsr.json``."""
         return {"format": MODEL_FORMAT, "kind": self.kind, "scale": self.scale, "patch_size": self.patch_size,
                 "ref_size": self.ref_size, "max_refs": self.max_refs,
-                "latent_channels": int(self.vqvae.config.latent_channels)}
+                "latent_channels": int(self.vqvae.config.latent_channels),
+                "latent_scale": self.latent.scale, "decode_quantized": self.latent.decode_quantized,
+                "prediction_type": self.prediction_type, **({"recipe": self.recipe} if self.recipe else {})}
 
     # -- encoders -------------------------------------------------------------------
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float in [-1, 1] -> (B, C, H/4, W/4) latents (before quantisation)."""
-        return self.vqvae.encode(images).latents
+        """(B, 3, H, W) float in [-1, 1] -> (B, C, H/4, W/4) latents (before quantisation),
+        times ``latent.scale``: the space the denoiser works in."""
+        z = self.vqvae.encode(images).latents
+        return z * self.latent.scale if self.latent.scale != 1.0 else z
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) latents -> (B, 3, 4h, 4w) float in [-1, 1] (quantised, decoded, clamped)."""
-        return self.vqvae.decode(latents).sample.clamp(-1.0, 1.0)
+        """(B, C, h, w) latents of :meth:`encode` -> (B, 3, 4h, 4w) float in [-1, 1]: divided by
+        the latent scale, quantised unless ``latent.decode_quantized`` is off, decoded, clamped."""
+        if self.latent.scale != 1.0:
+            latents = latents / self.latent.scale
+        out = self.vqvae.decode(latents, force_not_quantize=not self.latent.decode_quantized).sample
+        return out.clamp(-1.0, 1.0)
 
     def _branch_input(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> (N, C+3, H/4, W/4): frozen VQ latent || image at latent size."""
@@ -373,6 +398,24 @@ def _read_meta(path: Path) -> dict:
             raise InputError(f"{path / 'refsr.json'}: unknown model kind {meta.get('kind')!r}")
         return meta
     return {"kind": "ldm", "scale": 4}  # a plain diffusers LDM-SR folder
+
+
+_SAID_SCALE_1: set[str] = set()
+
+
+def _latent_spec(path: Path, meta: dict) -> LatentSpec:
+    """The latent settings of a model folder: ``refsr.json``, else ``vqvae/refsr_latent.json``,
+    else scale 1 with quantised decoding (said once per folder)."""
+    if "latent_scale" in meta:
+        return LatentSpec(float(meta["latent_scale"]), bool(meta.get("decode_quantized", True)))
+    spec = read_latent_spec(path / "vqvae")
+    if spec is not None:
+        return spec
+    if str(path.resolve()) not in _SAID_SCALE_1:
+        _SAID_SCALE_1.add(str(path.resolve()))
+        log.info("%s: no latent scale recorded (an older refsr folder or a diffusers LDM-SR folder): "
+                 "using scale 1 with quantised decoding", path)
+    return LatentSpec()
 
 
 def _read_scheduler(path: Path) -> dict:

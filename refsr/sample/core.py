@@ -2,9 +2,11 @@
 
 The numbered steps follow LDM-SR sampling (Rombach et al. 2022, Sec. 4.4; diffusers'
 ``LDMSuperResolutionPipeline``): the LR image in [-1, 1] is concatenated to the noisy
-latent, no latent scaling factor, ``vqvae.decode`` then clamp. On top of it: the LR and
-reference contexts of ``ldm-ca`` are computed once and reused at every step, and large
-inputs are tiled in latent space (:mod:`refsr.sample.tiling`).
+latent, ``vqvae.decode`` then clamp (through ``RefSRModel.decode``, which applies the
+model's latent scale). On top of it: the LR and reference contexts of ``ldm-ca`` are
+computed once and reused at every step, large inputs are tiled in latent space
+(:mod:`refsr.sample.tiling`), and ``start_strength < 1`` starts the reverse process from
+the noised latent of the bicubic-upsampled LR instead of pure noise.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class SampleSettings:
     """How to sample. ``tile``/``tile_overlap`` are in input (LR) pixels; ``tile=0`` never
     tiles. ``batch_size`` is the number of tiles per U-Net / decoder call.
-    ``cache_context=False`` recomputes the LR/reference contexts at every step (tests)."""
+    ``cache_context=False`` recomputes the LR/reference contexts at every step (tests).
+    ``start_strength`` in (0, 1]: 1 = from pure noise; S < 1 = from timestep about S x T,
+    starting from the noised latent of the bicubic-upsampled LR."""
 
     sampler: str = "ddim"
     steps: int = 50
@@ -36,6 +40,7 @@ class SampleSettings:
     batch_size: int = 1
     precision: str = "fp32"
     color_fix: str = "none"
+    start_strength: float = 1.0
     cache_context: bool = True
 
     def check(self) -> None:
@@ -48,6 +53,8 @@ class SampleSettings:
             raise ValueError(f"unknown color fix {self.color_fix!r}; expected one of {', '.join(COLOR_FIXES)}")
         if self.steps < 1 or self.batch_size < 1 or self.tile < 0 or self.tile_overlap < 0:
             raise ValueError("steps and batch size must be >= 1, tile and tile overlap >= 0")
+        if not 0.0 < self.start_strength <= 1.0:
+            raise ValueError(f"start strength must be in (0, 1], got {self.start_strength}")
         if self.tile and self.tile_overlap >= self.tile:
             raise ValueError(f"tile overlap {self.tile_overlap} must be smaller than the tile {self.tile}")
 
@@ -217,6 +224,18 @@ def _ramp(settings: SampleSettings, canvas: _Canvas) -> int:
     return max(1, round(settings.tile_overlap / canvas.lr_per_latent))
 
 
+def _encode_lr_up(model, canvas: _Canvas, settings: SampleSettings):
+    """The latent of the bicubic-upsampled LR (for ``start_strength < 1``), tiled with the
+    latent grid (blended in latent pixels) if tiled: (1, C, h, w) float32."""
+    import torch
+
+    if canvas.tiles is None:
+        return model.encode(canvas.lr_up).float()
+    weights = blend_weights(canvas.tiles, canvas.latent[1], canvas.latent[2], _ramp(settings, canvas), device=canvas.lr.device)
+    fn = lambda idx: model.encode(torch.cat([_lr_tile(canvas, canvas.tiles[k])[1] for k in idx]))  # noqa: E731
+    return blend_tiles(fn, (1, *canvas.latent), canvas.tiles, weights, settings.batch_size, device=canvas.lr.device)
+
+
 def _decode(model, x, canvas: _Canvas, settings: SampleSettings):
     """Step 5: VQ decoding, tiled with the latent grid (blended in HR pixels) if tiled."""
     import torch
@@ -247,7 +266,7 @@ def restore_tensor(
         lr (`torch.Tensor`): (1, 3, H, W) float32 in [-1, 1], on the model's device.
         refs (`torch.Tensor`, *optional*): (1, R, 3, S, S) float32 in [-1, 1], S = ``model.ref_size``.
         ref_mask (`torch.Tensor`, *optional*): (1, R) bool, True for real references.
-        settings (`SampleSettings`): sampler, steps, eta, tiling, precision, colour fix.
+        settings (`SampleSettings`): sampler, steps, eta, start strength, tiling, precision, colour fix.
         generator (`torch.Generator`, *optional*): the initial noise is drawn from it for
             the whole latent canvas at once (on the generator's device, then moved), so a
             tile's noise depends on its position only; the stochastic samplers draw from it too.
@@ -265,14 +284,16 @@ def restore_tensor(
     if refs is not None and ref_mask is None:
         ref_mask = torch.ones(refs.shape[:2], dtype=torch.bool, device=device)
     with torch.no_grad(), autocast_for(device, settings.precision):
-        # 1. geometry; 2. x_T ~ N(0, I) for the whole canvas
+        # 1. geometry; 2. x_T ~ N(0, I) for the whole canvas (and the LR's latent to start from)
         canvas = _plan(model, lr.float(), settings, force_tiles)
         gen_device = generator.device if generator is not None else "cpu"
         noise = torch.randn((1, *canvas.latent), generator=generator, device=gen_device, dtype=torch.float32).to(device)
+        init = _encode_lr_up(model, canvas, settings) if settings.start_strength < 1.0 else None
         # 3. contexts and noise prediction; 4. the sampler's loop
         eps_fn = _make_eps_fn(model, canvas, refs, ref_mask, settings)
         scheduler = make_scheduler(settings.sampler, model.scheduler_config)
-        x = denoise(eps_fn, noise, scheduler, settings.steps, settings.eta, generator, callback, disable)
+        x = denoise(eps_fn, noise, scheduler, settings.steps, settings.eta, generator, callback, disable,
+                    init_latents=init, strength=settings.start_strength)
         # 5. decode, crop the padding away, 6. colour fix against the upsampled input
         image = _decode(model, x, canvas, settings).clamp(-1.0, 1.0)
     s = model_factors(model)[0]

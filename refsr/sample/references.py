@@ -73,6 +73,17 @@ def crop_box(rgb: np.ndarray, box, path: Path | str = "<image>") -> np.ndarray:
     return rgb[y0:y1, x0:x1]
 
 
+def cut_fragment(rgb: np.ndarray, box, size: int, path: Path | str = "<image>") -> np.ndarray:
+    """The reference fragment of ``box`` [x, y, w, h] in (H, W, 3) float32 ``rgb`` in [0, 1]:
+    cropped (clipped to the image) and resized to (size, size, 3) float32 in [0, 1]
+    (:func:`resize_square`). The one implementation used by training and sampling.
+
+    Raises:
+        InputError: the box lies outside the image or is empty, naming ``path``.
+    """
+    return resize_square(crop_box(rgb, box, path), size)
+
+
 def load_global_refs(paths, size: int, max_refs: int | None = None) -> list[Fragment]:
     """Fragments from ``--refs`` files/folders: centred square of each image, resized.
 
@@ -89,7 +100,7 @@ def load_global_refs(paths, size: int, max_refs: int | None = None) -> list[Frag
     for path in files:
         rgb = _read_reference(path)
         box = centre_square_box(*rgb.shape[:2])
-        frags.append(Fragment(resize_square(crop_box(rgb, box, path), size), path, box))
+        frags.append(Fragment(cut_fragment(rgb, box, size, path), path, box))
     return frags
 
 
@@ -135,5 +146,5 @@ def load_match_refs(record: dict | None, size: int, max_refs: int | None = None)
     for ref in refs:
         path = Path(ref["abs_path"])
         rgb = _read_reference(path)
-        frags.append(Fragment(resize_square(crop_box(rgb, ref["box"], path), size), path, list(ref["box"]), ref.get("score")))
+        frags.append(Fragment(cut_fragment(rgb, ref["box"], size, path), path, list(ref["box"]), ref.get("score")))
     return frags

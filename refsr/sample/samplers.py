@@ -65,6 +65,27 @@ def _step_kwargs(scheduler, eta: float, generator) -> dict:
     return kwargs
 
 
+def start_timesteps(scheduler, steps: int, strength: float):
+    """The sampler's timesteps when the reverse process starts at ``strength x T``.
+
+    ``strength = 1`` keeps all ``steps`` timesteps; otherwise the last ``round(strength x
+    steps)`` (at least one) are kept, as diffusers' img2img pipelines do (SDEdit, Meng et al.
+    2022), and multistep schedulers are told where they begin. Call after ``set_timesteps``.
+
+    Raises:
+        ValueError: ``strength`` outside (0, 1].
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"start strength must be in (0, 1], got {strength}")
+    if strength == 1.0:
+        return scheduler.timesteps
+    kept = min(max(round(strength * steps), 1), steps)
+    begin = (steps - kept) * getattr(scheduler, "order", 1)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return scheduler.timesteps[begin:]
+
+
 def denoise(
     eps_fn: Callable,
     latents,
@@ -74,13 +95,23 @@ def denoise(
     generator=None,
     callback: Callable | None = None,
     disable: bool | None = None,
+    init_latents=None,
+    strength: float = 1.0,
 ):
-    """Run the reverse diffusion from pure noise ``latents`` to a clean latent.
+    """Run the reverse diffusion from ``latents`` to a clean latent.
+
+    With ``strength = 1`` it starts from pure noise; with ``strength < 1`` it starts at
+    timestep ``t_s`` (about ``strength x T``) from ``init_latents`` noised to that level,
+    ``sqrt(a_s) z_init + sqrt(1 - a_s) latents`` (DDPM eq. 4), e.g. the latent of the
+    bicubic-upsampled LR image.
 
     Args:
-        eps_fn (`callable`): ``eps_fn(x, t) -> eps``, x (B, C, h, w) float32, t a 0-dim long
-            tensor (the training timestep), eps the predicted noise, same shape as x.
-        latents (`torch.Tensor`): (B, C, h, w) float32 standard normal noise x_T.
+        eps_fn (`callable`): ``eps_fn(x, t) -> out``, x (B, C, h, w) float32, t a 0-dim long
+            tensor (the training timestep), out the model's prediction of the kind the
+            scheduler's ``prediction_type`` names (``epsilon`` or ``v_prediction``), same shape as x.
+        latents (`torch.Tensor`): (B, C, h, w) float32 standard normal noise.
+        init_latents (`torch.Tensor`, *optional*): (B, C, h, w), needed when ``strength < 1``.
+        strength (`float`, defaults to 1): in (0, 1], see above.
         scheduler: a diffusers scheduler (see :func:`make_scheduler`); its state is reset.
         steps (`int`): number of denoising steps (>= 1).
         eta (`float`, defaults to 0): DDIM's eta (0 = deterministic); other samplers ignore it.
@@ -99,16 +130,22 @@ def denoise(
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    # 1. timesteps of the chosen sampler (DDIM Eq. 12 uses a sub-sequence of 1..T)
+    if strength < 1.0 and init_latents is None:
+        raise ValueError("a start strength below 1 needs init_latents")
+    # 1. timesteps of the chosen sampler (DDIM Eq. 12 uses a sub-sequence of 1..T), from t_s
     scheduler.set_timesteps(int(steps), device=latents.device)
-    x = latents * scheduler.init_noise_sigma
+    timesteps = start_timesteps(scheduler, int(steps), float(strength))
+    if strength < 1.0:
+        x = scheduler.add_noise(init_latents.to(latents.dtype), latents, timesteps[:1])
+    else:
+        x = latents * scheduler.init_noise_sigma
     kwargs = _step_kwargs(scheduler, eta, generator)
-    bar_kwargs = {"desc": "steps", "leave": False, "total": len(scheduler.timesteps)}
+    bar_kwargs = {"desc": "steps", "leave": False, "total": len(timesteps)}
     if disable is not None:
         bar_kwargs["disable"] = disable
     with torch.no_grad():
-        for i, t in enumerate(progress(scheduler.timesteps, **bar_kwargs)):
-            # 2. predict the noise eps_theta(x_t, t, LR, refs)
+        for i, t in enumerate(progress(timesteps, **bar_kwargs)):
+            # 2. predict eps_theta(x_t, t, LR, refs) (or v_theta for v-prediction)
             eps = eps_fn(scheduler.scale_model_input(x, t), t)
             # 3. x_{t-1} from the sampler's update rule (DDIM Eq. 12, DDPM Eq. 11, DPM-Solver++ Alg. 2)
             x = scheduler.step(eps.to(x.dtype), t, x, **kwargs).prev_sample

@@ -4,6 +4,15 @@ Loss = L1 + commit_weight x (codebook + commitment) + lpips_weight x LPIPS (when
 weights are available) + disc_weight x hinge generator loss after ``disc_start`` steps
 (a PatchGAN discriminator trained in the same backward pass: the generator term sees the
 discriminator's weights detached, the discriminator sees the reconstruction detached).
+
+Held-out evaluation (:func:`reconstruction_metrics`): images split off by image
+(``holdout``) or given as ``val``, each cut to its centred square of at most
+``eval_size`` pixels (a multiple of the VQ factor), encoded and decoded; PSNR and SSIM on
+the Y channel with a 4-pixel border, the ``refsr evaluate`` conventions, for decoding
+through the quantiser and without it. Logged every ``validate_every`` steps; at the end,
+with the EMA weights, written to ``RUN/eval.json``. The export measures the latent standard
+deviation on training crops and records the latent scale (1 / std) and the better decoding
+in ``model/vqvae/refsr_latent.json``.
 """
 
 from __future__ import annotations
@@ -11,12 +20,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..models.autoencoder import PatchDiscriminator, build_vqvae, hinge_d_loss, load_lpips
+from ..models.autoencoder import (LatentSpec, PatchDiscriminator, build_vqvae, hinge_d_loss, latent_statistics,
+                                  load_lpips, vq_downsampling, write_latent_spec)
+from ..io import read_rgb
 from ..models.ldm import load_config
-from .data import CropDataset
+from .data import CropDataset, image_paths, split_images
 from .loop import Stage, save_grid
 
 log = logging.getLogger("refsr.train")
@@ -56,15 +68,72 @@ class AutoencoderModule(nn.Module):
         return loss, logs
 
 
+EVAL_BORDER = 4
+EVAL_FORMAT = "refsr.autoencoder-eval/1"
+
+
+def centre_crop(rgb: np.ndarray, size: int, multiple: int) -> np.ndarray:
+    """The centred square of side ``min(H, W, size)``, rounded down to a multiple of ``multiple``."""
+    side = min(rgb.shape[0], rgb.shape[1], size) // multiple * multiple
+    if side < multiple:
+        raise ValueError(f"an image of {rgb.shape[1]}x{rgb.shape[0]} is smaller than the VQ factor {multiple}")
+    y, x = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
+    return rgb[y : y + side, x : x + side]
+
+
+@torch.no_grad()
+def reconstruction_metrics(vqvae, images: list[np.ndarray], device="cpu", border: int = EVAL_BORDER) -> dict:
+    """Mean PSNR/SSIM (Y, ``border``) of the VQ's reconstructions of ``images``.
+
+    Args:
+        vqvae (`VQModel`): the autoencoder (evaluated as it is; put it in eval mode first).
+        images: (H, W, 3) float32 RGB in [0, 1], sides multiples of the VQ factor.
+
+    Returns:
+        ``{"images": n, "quantized": {"psnr", "ssim"}, "continuous": {"psnr", "ssim"}}``:
+        decoding through the codebook (LDM-SR) and decoding the continuous latent.
+    """
+    from ..metrics.fidelity import psnr_ssim
+
+    sums = {"quantized": [0.0, 0.0], "continuous": [0.0, 0.0]}
+    for rgb in images:
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device) * 2 - 1
+        h = vqvae.encode(x).latents
+        gt = (x + 1) / 2
+        for name, skip in (("quantized", False), ("continuous", True)):
+            rec = vqvae.decode(h, force_not_quantize=skip).sample.clamp(-1, 1).add(1).div(2)
+            p, q = psnr_ssim(rec.float().cpu(), gt.float().cpu(), border=border, color="y")
+            sums[name][0] += float(p[0])
+            sums[name][1] += float(q[0])
+    n = max(len(images), 1)
+    return {"images": len(images), **{k: {"psnr": round(v[0] / n, 4), "ssim": round(v[1] / n, 5)} for k, v in sums.items()}}
+
+
 class AutoencoderStage(Stage):
-    """Train a ``VQModel`` from a config on crops of a folder of images or a pair manifest."""
+    """Train a ``VQModel`` from a config on crops of a folder of images or a pair manifest.
+
+    ``holdout`` (fraction, by image) or ``val`` (a folder or manifest) gives the held-out
+    images of the evaluation (at most ``val_images``, centred squares of ``eval_size``).
+    """
 
     name = "autoencoder"
 
-    def __init__(self, data, config="small", seed: int = 0, patch_size: int | None = None, lpips: bool = True):
+    def __init__(self, data, config="small", seed: int = 0, patch_size: int | None = None, lpips: bool = True,
+                 holdout: float = 0.0, val=None, val_images: int = 64, eval_size: int = 256):
         self.cfg = load_config(config)
         self.patch = patch_size or self.cfg["patch_size"]
-        self.data = CropDataset(data, self.patch, seed)
+        paths, root = image_paths(data)
+        train, held = split_images(paths, root, holdout if val is None else 0.0, seed, salt="autoencoder-split",
+                                   require_held_out=False)
+        if val is not None:
+            held = image_paths(val)[0]
+        elif holdout > 0 and not held:
+            log.warning("%s: no image fell in the held-out split (%d images, --holdout %g): no held-out evaluation "
+                        "(pass --val DIR or a larger --holdout)", data, len(paths), holdout)
+        self.data = CropDataset(train, self.patch, seed)
+        self.held_out = held[:val_images]
+        self.eval_size, self.final_eval = eval_size, None
+        self._eval_images = None
         torch.manual_seed(seed)
         self.vqvae = build_vqvae(self.cfg["vqvae"])
         self.use_lpips = lpips
@@ -82,10 +151,46 @@ class AutoencoderStage(Stage):
         rec = module.vqvae(batch["hr"]).sample.clamp(-1, 1)
         save_grid([batch["hr"], rec], path)
 
+    def evaluate(self, module) -> dict | None:
+        """Held-out reconstruction PSNR/SSIM (see :func:`reconstruction_metrics`); None
+        without held-out images. The last result is kept in ``final_eval``."""
+        if not self.held_out:
+            return None
+        if self._eval_images is None:
+            f = vq_downsampling(module.vqvae)
+            self._eval_images = [centre_crop(read_rgb(p), self.eval_size, f) for p in self.held_out]
+        device = next(module.vqvae.parameters()).device
+        was_training = module.vqvae.training
+        module.vqvae.eval()
+        result = reconstruction_metrics(module.vqvae, self._eval_images, device)
+        module.vqvae.train(was_training)
+        self.final_eval = {**result, "crop": self.eval_size, "border": EVAL_BORDER, "color": "y"}
+        return self.final_eval
+
+    def latent_spec(self, module, crops: int = 64, batch: int = 16) -> LatentSpec:
+        """Scale 1 / std of the latents of ``crops`` training crops; quantised decoding unless
+        the held-out evaluation found continuous decoding better."""
+        device = next(module.vqvae.parameters()).device
+        items = (self.data[2 * 10**12 + j]["hr"] for j in range(crops))
+        batches = (torch.stack([next(items) for _ in range(min(batch, crops - i))]).to(device) for i in range(0, crops, batch))
+        was_training = module.vqvae.training
+        module.vqvae.eval()
+        stats = latent_statistics(module.vqvae, batches)
+        module.vqvae.train(was_training)
+        quantized = True
+        if self.final_eval is not None:
+            quantized = self.final_eval["quantized"]["psnr"] >= self.final_eval["continuous"]["psnr"]
+        return LatentSpec(scale=round(1.0 / max(stats["std"], 1e-6), 6), decode_quantized=quantized,
+                          stats={**stats, "crops": crops, "patch": self.patch})
+
     def export(self, module, folder: Path) -> None:
         from ..io import replace_dir, temp_dir_beside
 
+        spec = self.latent_spec(module)
         tmp = temp_dir_beside(folder)
         module.vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
+        write_latent_spec(tmp / "vqvae", spec)
         replace_dir(tmp, folder)
+        log.info("latent std %.4f -> latent scale %.4f; decoding %s the quantiser", spec.stats["std"], spec.scale,
+                 "through" if spec.decode_quantized else "without")
 

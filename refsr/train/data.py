@@ -11,6 +11,7 @@ Tensors are float32 in [-1, 1], layout (3, H, W).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -52,6 +53,45 @@ def _pad_to(rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.copyMakeBorder(rgb, 0, max(size - h, 0), 0, max(size - w, 0), cv2.BORDER_REFLECT_101)
 
 
+def image_paths(data: str | os.PathLike) -> tuple[list[Path], Path]:
+    """Images of ``data`` (a folder, searched recursively, or a pair manifest's HR crops)
+    and the root their names are taken relative to.
+
+    Raises:
+        InputError: neither a folder nor a .jsonl manifest, or no images.
+    """
+    data = Path(data)
+    if data.suffix.lower() == ".jsonl":
+        paths, root = [Path(r["hr_path"]) for r in read_pair_manifest(data)], data.parent
+    elif data.is_dir():
+        paths, root = list_images(data, recursive=True), data
+    else:
+        raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a pair manifest .jsonl")
+    if not paths:
+        raise InputError(f"{data}: no images found")
+    return sorted(paths), root
+
+
+def split_images(paths: list[Path], root: Path, holdout: float, seed: int,
+                 salt: str = "matcher-split", require_held_out: bool = True) -> tuple[list[Path], list[Path]]:
+    """Deterministic split by image: ``(train, held_out)``; an image is held out when
+    ``rng_for(seed, salt, its relative path)`` draws below ``holdout`` (so adding images
+    never moves another image across the split).
+
+    Raises:
+        InputError: a split that leaves no training image (or, with ``require_held_out``,
+            no held-out image when ``holdout > 0``).
+    """
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    held = {p for p in paths if rng_for(seed, salt, Path(os.path.relpath(p, root)).as_posix()).random() < holdout}
+    train, test = [p for p in paths if p not in held], [p for p in paths if p in held]
+    if not train or (require_held_out and holdout > 0 and not test):
+        raise InputError(f"{root}: {len(paths)} image(s) split into {len(train)} for training and {len(test)} held out "
+                         f"(--holdout {holdout}); need at least one of each")
+    return train, test
+
+
 class StepSampler(torch.utils.data.Sampler):
     """Global sample numbers for this process, from optimizer step ``start`` to ``steps``.
 
@@ -75,19 +115,16 @@ class StepSampler(torch.utils.data.Sampler):
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Random HR crops for the autoencoder, from a folder of images or a pair manifest.
+    """Random HR crops for the autoencoder, from a folder of images, a pair manifest or a
+    list of image paths (see :func:`image_paths`).
 
     Item ``g`` -> ``{"hr": (3, P, P)}`` in [-1, 1].
     """
 
-    def __init__(self, data: str | Path, patch_size: int, seed: int = 0):
-        data = Path(data)
-        if data.suffix.lower() == ".jsonl":
-            self.paths = [r["hr_path"] for r in read_pair_manifest(data)]
-        elif data.is_dir():
-            self.paths = list_images(data, recursive=True)
-        else:
-            raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a pair manifest .jsonl")
+    def __init__(self, data: str | Path | list, patch_size: int, seed: int = 0):
+        self.paths = list(data) if isinstance(data, (list, tuple)) else image_paths(data)[0]
+        if not self.paths:
+            raise InputError("no training images")
         self.patch, self.seed = patch_size, seed
         self._cache = BoundedCache(256)
 
@@ -150,13 +187,11 @@ class PairDataset(torch.utils.data.Dataset):
         return hr, lr
 
     def _fragment(self, ref: dict) -> np.ndarray:
-        def load():
-            img = read_rgb(ref["abs_path"])
-            x, y, w, h = ref["box"]
-            x0, y0 = max(0, min(x, img.shape[1] - 1)), max(0, min(y, img.shape[0] - 1))
-            crop = img[y0 : max(y0 + 1, min(y + h, img.shape[0])), x0 : max(x0 + 1, min(x + w, img.shape[1]))]
-            return cv2.resize(crop, (self.ref_size, self.ref_size), interpolation=cv2.INTER_AREA)
+        """The match's fragment, cut as ``refsr sample --matches`` cuts it (a box outside its
+        image is an InputError naming the file, as there)."""
+        from ..sample.references import cut_fragment
 
+        load = lambda: cut_fragment(read_rgb(ref["abs_path"]), ref["box"], self.ref_size, ref["abs_path"])  # noqa: E731
         return self._cached(("ref", str(ref["abs_path"]), tuple(ref["box"])), load)
 
     def _references(self, pair_id: str, rng) -> tuple[torch.Tensor, torch.Tensor]:

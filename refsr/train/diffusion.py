@@ -1,8 +1,11 @@
 """Stage ``diffusion``: the denoising U-Net (+ reference branch) on a frozen VQ autoencoder.
 
-Loss: epsilon prediction, ``|| eps - eps_theta(sqrt(a_t) z0 + sqrt(1 - a_t) eps, t, LR, refs) ||^2``
-(DDPM, Ho et al. 2020, eq. 14) with LDM-SR's schedule, z0 the VQ latent (before
-quantisation) of the HR patch.
+Loss: ``w(t) || target - f_theta(sqrt(a_t) z0 + sqrt(1 - a_t) eps, t, LR, refs) ||^2`` with
+LDM-SR's schedule, z0 the scaled VQ latent (before quantisation) of the HR patch, and the
+target of the model's ``prediction_type``: ``eps`` (DDPM, Ho et al. 2020, eq. 14; LDM-SR) or
+``v = sqrt(a_t) eps - sqrt(1 - a_t) z0`` (Salimans & Ho 2022, Sec. 4; the Stable Diffusion x4
+upscaler). ``w(t) = 1``, or with min-SNR-gamma weighting (Hang et al. 2023, eq. 8)
+``min(SNR_t, gamma) / SNR_t`` for eps and ``min(SNR_t, gamma) / (SNR_t + 1)`` for v.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..models.ldm import RefSRModel, _scheduler_kwargs, check_compatible, load_config
+from ..models.autoencoder import LatentSpec, read_latent_spec
+from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config
 from ..models.ref_branch import branch_for
 from .data import PairDataset
 from .loop import Stage, save_grid
@@ -43,23 +47,40 @@ def load_vqvae(path):
         raise InputError(f"{folder}: not a loadable VQModel ({str(e).splitlines()[0][:120]})") from None
 
 
-def build_model(config, kind: str, vqvae_dir=None, init_from=None) -> RefSRModel:
+def load_latent_spec(vqvae_dir) -> LatentSpec:
+    """The latent settings recorded with the VQ of ``vqvae_dir``; scale 1 (said once) if none."""
+    folder = resolve_vqvae_dir(vqvae_dir)
+    spec = read_latent_spec(folder)
+    if spec is None:
+        log.info("%s: no latent scale recorded (refsr_latent.json); training on unscaled latents "
+                 "with quantised decoding", folder)
+        return LatentSpec()
+    return spec
+
+
+def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_type: str | None = None) -> RefSRModel:
     """The model to train: from ``init_from`` (a diffusers LDM-SR or refsr folder: its unet/
-    and vqvae/) or from ``config``, with the VQ of ``vqvae_dir`` if given.
+    and vqvae/) or from ``config``, with the VQ of ``vqvae_dir`` if given (and its latent
+    settings). ``prediction_type`` overrides the config's (or the initial model's).
 
     Raises:
         InputError: a VQ whose latent size or factor does not fit the U-Net.
+        ValueError: an unknown prediction type.
     """
     cfg = load_config(config)
     if init_from is not None:
         base = RefSRModel.from_pretrained(init_from)
-        vqvae, unet = base.vqvae, base.unet
+        vqvae, unet, latent = base.vqvae, base.unet, base.latent
         sched, scale = base.scheduler_config, base.scale
     else:
         base = RefSRModel.from_config(cfg, kind="ldm")
-        vqvae, unet, sched, scale = base.vqvae, base.unet, cfg["scheduler"], cfg["scale"]
+        vqvae, unet, sched, scale, latent = base.vqvae, base.unet, cfg["scheduler"], cfg["scale"], LatentSpec()
+    if prediction_type is not None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+        sched = {**sched, "prediction_type": prediction_type}
     if vqvae_dir is not None:
-        vqvae = load_vqvae(vqvae_dir)
+        vqvae, latent = load_vqvae(vqvae_dir), load_latent_spec(vqvae_dir)
         try:
             check_compatible(vqvae, unet, scale)
         except InputError as e:
@@ -67,21 +88,42 @@ def build_model(config, kind: str, vqvae_dir=None, init_from=None) -> RefSRModel
     branch = None
     if kind == "ldm-ca":
         branch = branch_for(unet, **cfg["ref_branch"])
-    return RefSRModel(vqvae, unet, branch, sched, kind, scale, cfg["patch_size"], cfg["ref_size"], cfg["max_refs"])
+    return RefSRModel(vqvae, unet, branch, sched, kind, scale, cfg["patch_size"], cfg["ref_size"], cfg["max_refs"], latent)
+
+
+def diffusion_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """What the U-Net learns to predict: ``eps`` or ``v = sqrt(a) eps - sqrt(1 - a) z0``
+    (Salimans & Ho 2022, Sec. 4). ``alpha_bar`` broadcasts against ``z0`` (B, 1, 1, 1)."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * z0
+    raise ValueError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+
+
+def min_snr_weight(prediction_type: str, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 8), shape of ``alpha_bar``; ones
+    for ``gamma <= 0``. SNR_t = a_t / (1 - a_t); eps: min(SNR, g) / SNR; v: min(SNR, g) / (SNR + 1)."""
+    if gamma <= 0:
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
 
 
 class DiffusionModule(nn.Module):
-    """A RefSRModel with its frozen VQ and the epsilon loss: ``forward(batch, generator)``.
+    """A RefSRModel with its frozen VQ and the denoising loss: ``forward(batch, generator)``.
 
     Batch: ``hr`` (B, 3, P, P), ``lr`` (B, 3, P/s, P/s) in [-1, 1] (or ``degrade_key``
     when LR is degraded on the fly), ``refs`` (B, N, 3, S, S), ``ref_mask`` (B, N) bool.
+    ``min_snr_gamma`` > 0 weights the loss per timestep (min-SNR-gamma).
     """
 
-    def __init__(self, model: RefSRModel, degrade=None):
+    def __init__(self, model: RefSRModel, degrade=None, min_snr_gamma: float = 0.0):
         super().__init__()
         from diffusers import DDPMScheduler
 
-        self.model = model
+        self.model, self.min_snr_gamma = model, float(min_snr_gamma)
         model.vqvae.requires_grad_(False).eval()
         sched = DDPMScheduler(**_scheduler_kwargs(model.scheduler_config))
         self.register_buffer("alphas_cumprod", sched.alphas_cumprod.float().clone(), persistent=False)
@@ -105,7 +147,10 @@ class DiffusionModule(nn.Module):
         noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
         lr_ctx, ref_ctx = self.contexts(lr, batch.get("refs"), batch.get("ref_mask"))
         pred = self.model(noisy, t, lr, lr_ctx, ref_ctx)
-        loss = F.mse_loss(pred.float(), noise.float())
+        kind = self.model.prediction_type
+        target = diffusion_target(kind, z0.float(), noise.float(), a.float())
+        per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+        loss = (min_snr_weight(kind, a.float().view(b), self.min_snr_gamma) * per_sample).mean()
         return loss, {"refs_per_image": batch["ref_mask"].float().sum(1).mean() if "ref_mask" in batch else loss * 0}
 
     def contexts(self, lr, refs, mask):
@@ -141,11 +186,14 @@ class DiffusionStage(Stage):
 
     def __init__(self, data, config="small", kind="ldm-ca", vqvae=None, matches=None, init_from=None,
                  seed: int = 0, max_refs: int | None = None, ref_dropout: float | None = None,
-                 degrade_on_the_fly: bool = False, validation_steps: int = 20):
+                 degrade_on_the_fly: bool = False, validation_steps: int = 20,
+                 prediction_type: str | None = None, min_snr_gamma: float | None = None):
         cfg = load_config(config)
         self.seed, self.validation_steps = seed, validation_steps
+        self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
         torch.manual_seed(seed)
-        self.model = build_model(cfg, kind, vqvae, init_from)
+        self.model = build_model(cfg, kind, vqvae, init_from, prediction_type)
+        self.model.recipe = {**self.model.recipe, "min_snr_gamma": self.min_snr_gamma}
         n_refs = cfg["max_refs"] if max_refs is None else max_refs
         dropout = cfg["train"]["ref_dropout"] if ref_dropout is None else ref_dropout
         if kind == "ldm-ca" and matches is None:
@@ -160,7 +208,7 @@ class DiffusionStage(Stage):
         return self.data
 
     def module(self):
-        return DiffusionModule(self.model, self.degrade)
+        return DiffusionModule(self.model, self.degrade, self.min_snr_gamma)
 
     def validate(self, module, batch, path: Path) -> None:
         """LR (upsampled) | DDIM sample | HR for the validation batch."""
@@ -178,17 +226,14 @@ class DiffusionStage(Stage):
 
 @torch.no_grad()
 def ddim_sample(model: RefSRModel, lr, lr_ctx, ref_ctx, steps: int, seed: int) -> torch.Tensor:
-    """A plain DDIM sample (eta 0) for validation images: (B, 3, 4h, 4w) in [-1, 1]."""
-    from diffusers import DDIMScheduler
-
+    """A DDIM sample (eta 0) for validation images, with ``refsr sample``'s denoising loop:
+    (B, 3, 4h, 4w) in [-1, 1]."""
+    from ..sample.samplers import denoise, make_scheduler
     from ..seeding import torch_generator_for
 
-    sched = DDIMScheduler.from_config(model.scheduler_config)
-    sched.set_timesteps(steps, device=lr.device)
     c = model.vqvae.config.latent_channels
     gen = torch_generator_for(seed, "validation", device=lr.device)
     z = torch.randn((lr.shape[0], c, *lr.shape[-2:]), generator=gen, device=lr.device, dtype=lr.dtype)
-    for t in sched.timesteps:
-        eps = model(z, t.expand(lr.shape[0]), lr, lr_ctx, ref_ctx)
-        z = sched.step(eps, t, z).prev_sample
+    predict = lambda x, t: model(x, t.expand(lr.shape[0]), lr, lr_ctx, ref_ctx)  # noqa: E731
+    z = denoise(predict, z, make_scheduler("ddim", model.scheduler_config), steps, disable=True)
     return model.decode(z)

@@ -101,6 +101,12 @@ class Stage:
     def validate(self, module: nn.Module, batch: dict, path: Path) -> None:
         """Write a validation image for ``batch`` to ``path`` (main process only)."""
 
+    def evaluate(self, module: nn.Module) -> dict | None:
+        """Held-out metrics (main process only; None = this stage has none). Logged to
+        ``metrics.jsonl`` at every validation and, with the EMA weights before the export,
+        written to ``RUN/eval.json``."""
+        return None
+
     def export(self, module: nn.Module, folder: Path) -> None:
         """Write the final artefact (module holds the EMA weights)."""
         raise NotImplementedError
@@ -360,9 +366,14 @@ def run_training(stage: Stage, opts: TrainOptions) -> Path:
     out = run / "model"
     if main:
         ema.swap()
+        final = _evaluate(stage, inner)
         stage.export(inner, out)
         ema.swap()
         log.info("exported %s (EMA weights)", out)
+        if final is not None:
+            step = int(checkpoint_dirs(run)[-1].name.split("-")[1]) if checkpoint_dirs(run) else opts.steps
+            write_json(run / "eval.json", {"stage": stage.name, "step": step, "weights": "ema", **final})
+            log.info("held-out evaluation (EMA weights): %s", json.dumps(final))
     accelerator.wait_for_everyone()
     return out
 
@@ -427,6 +438,10 @@ def _loop(stage, opts, accelerator, module, optimizer, params, ema, dataset, sta
                                 opts.keep_checkpoints)
         if main and opts.validate_every > 0 and (step % opts.validate_every == 0 or step == opts.steps):
             _validate(stage, accelerator.unwrap_model(module), val_batch, run / "validation" / f"step-{step:07d}.png", device)
+            held_out = _evaluate(stage, accelerator.unwrap_model(module))
+            if held_out is not None:
+                metrics.append({"step": step, "eval": held_out})
+                write_jsonl(run / "metrics.jsonl", metrics)
         if out_of_time:
             break
     bar.close()
@@ -446,6 +461,15 @@ def _validate(stage, module, batch, path, device) -> None:
     with torch.no_grad():
         stage.validate(module, _to_device(batch, device), path)
     module.train(was_training)
+
+
+def _evaluate(stage, module) -> dict | None:
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        result = stage.evaluate(module)
+    module.train(was_training)
+    return result
 
 
 def save_grid(columns: list[torch.Tensor], path: Path) -> None:

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, MissingWeightsError
-from ..io import IMAGE_EXTENSIONS, list_images, read_pair_manifest, read_rgb, write_json
+from ..io import read_rgb, write_json
 from ..seeding import rng_for
+from .data import image_paths, split_images
 from .loop import Stage, TrainOptions, claim_run_folder, run_training, save_grid
 
 log = logging.getLogger("refsr.train")
@@ -150,43 +151,6 @@ def build_matcher_net(init: str = "imagenet", arch: str = "resnet34", depth: int
 # ---------------------------------------------------------------------------------------
 # Data: positive pairs
 # ---------------------------------------------------------------------------------------
-
-
-def image_paths(data: str | os.PathLike) -> tuple[list[Path], Path]:
-    """Images of ``data`` (a folder, searched recursively, or a pair manifest's HR crops)
-    and the root their names are taken relative to.
-
-    Raises:
-        InputError: neither a folder nor a .jsonl manifest, or no images.
-    """
-    data = Path(data)
-    if data.suffix.lower() == ".jsonl":
-        paths, root = [Path(r["hr_path"]) for r in read_pair_manifest(data)], data.parent
-    elif data.is_dir():
-        paths, root = list_images(data, recursive=True), data
-    else:
-        raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a pair manifest .jsonl")
-    if not paths:
-        raise InputError(f"{data}: no images found")
-    return sorted(paths), root
-
-
-def split_images(paths: list[Path], root: Path, holdout: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Deterministic split by image: ``(train, held_out)``; an image is held out when
-    ``rng_for(seed, "matcher-split", its relative path)`` draws below ``holdout``.
-
-    Raises:
-        InputError: a split that leaves no training image (or no held-out image when
-            ``holdout > 0``).
-    """
-    if not 0 <= holdout < 1:
-        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
-    held = {p for p in paths if rng_for(seed, "matcher-split", Path(os.path.relpath(p, root)).as_posix()).random() < holdout}
-    train, test = [p for p in paths if p not in held], [p for p in paths if p in held]
-    if not train or (holdout > 0 and not test):
-        raise InputError(f"{root}: {len(paths)} image(s) split into {len(train)} for training and {len(test)} held out "
-                         f"(--holdout {holdout}); need at least one of each")
-    return train, test
 
 
 def fit_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:

@@ -1,0 +1,345 @@
+"""Issue 13's pieces: held-out autoencoder evaluation, latent scale, prediction types,
+min-SNR weighting, --start-strength, and the one reference-fragment function (tiny, CPU)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from refsr.errors import InputError
+from refsr.io import read_json, write_image, write_jsonl
+from refsr.models import RefSRModel
+from refsr.models.autoencoder import LATENT_FILE, LatentSpec, latent_statistics, read_latent_spec
+from refsr.train import TrainOptions, run_training
+from refsr.train.autoencoder import AutoencoderStage, centre_crop, reconstruction_metrics
+from refsr.train.diffusion import DiffusionStage, diffusion_target, min_snr_weight
+from refsr_cli.main import cli
+
+from test_models import MICRO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+AE_CONFIG = {**MICRO, "train": {"lr": 2e-3, "batch_size": 2, "warmup_steps": 0, "ema_decay": 0.9, "lpips_weight": 0.0}}
+
+
+def _photos(folder, astronaut, coffee, motorcycle_pair, size=(48, 40)):
+    photos = {"astronaut": astronaut, "coffee": coffee, "left": motorcycle_pair[0], "right": motorcycle_pair[1]}
+    for name, img in photos.items():
+        write_image(folder / f"{name}.png", cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+    return folder
+
+
+def _ae_opts(out, steps=3):
+    return TrainOptions(output=out, steps=steps, batch_size=2, lr=2e-3, device="cpu", checkpoint_every=10,
+                        warmup_steps=0, validate_every=0, log_every=1, ema_decay=0.9)
+
+
+# ---------------------------------------------------------------------------------------
+# Autoencoder: held-out evaluation and latent settings
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ae_run(tmp_path, astronaut, coffee, motorcycle_pair):
+    photos = _photos(tmp_path / "photos", astronaut, coffee, motorcycle_pair)
+    stage = AutoencoderStage(photos, config=AE_CONFIG, lpips=False, val=None, holdout=0.5)
+    model = run_training(stage, _ae_opts(tmp_path / "vq"))
+    return stage, tmp_path / "vq", model
+
+
+def test_autoencoder_eval_json_is_the_exported_models_held_out_reconstruction(ae_run):
+    from diffusers import VQModel
+
+    stage, run, model = ae_run
+    held = {p.name for p in stage.held_out}
+    assert held and not held & {p.name for p in stage.data.paths}  # held out by image
+    ev = read_json(run / "eval.json")
+    assert ev["images"] == len(held) and ev["border"] == 4 and ev["color"] == "y" and ev["weights"] == "ema"
+    vq = VQModel.from_pretrained(model / "vqvae").eval()
+    from refsr.io import read_rgb
+
+    again = reconstruction_metrics(vq, [centre_crop(read_rgb(p), 256, 4) for p in stage.held_out])
+    for kind in ("quantized", "continuous"):
+        assert ev[kind]["psnr"] == pytest.approx(again[kind]["psnr"], abs=1e-3)
+        assert ev[kind]["ssim"] == pytest.approx(again[kind]["ssim"], abs=1e-4)
+
+
+def test_reconstruction_metrics_are_the_evaluate_conventions(astronaut):
+    """An 'autoencoder' that returns its input scores inf dB / SSIM 1; the values agree
+    with refsr.metrics on a perturbed reconstruction."""
+    from refsr.metrics.fidelity import psnr_ssim
+
+    class Shift(torch.nn.Module):  # decode(encode(x)) = x + 0.05 (clamped), quantised or not
+        def encode(self, x):
+            return type("E", (), {"latents": x})()
+
+        def decode(self, h, force_not_quantize=False):
+            return type("D", (), {"sample": h + (0.1 if force_not_quantize else 0.0)})()
+
+    img = centre_crop(cv2.resize(astronaut, (70, 66), interpolation=cv2.INTER_AREA), 256, 4)
+    assert img.shape == (64, 64, 3)
+    res = reconstruction_metrics(Shift(), [img])
+    assert res["quantized"]["psnr"] == float("inf") and res["quantized"]["ssim"] == pytest.approx(1.0)
+    gt = torch.from_numpy(img.transpose(2, 0, 1).copy())[None]
+    p, s = psnr_ssim((gt + 0.05).clamp(0, 1), gt, border=4, color="y")
+    assert res["continuous"]["psnr"] == pytest.approx(float(p[0]), abs=1e-3)
+    assert res["continuous"]["ssim"] == pytest.approx(float(s[0]), abs=1e-4)
+
+
+def test_latent_scale_gives_unit_variance_latents_to_the_denoiser(ae_run):
+    stage, run, model = ae_run
+    spec = read_latent_spec(model / "vqvae")
+    assert spec is not None and spec.scale == pytest.approx(1.0 / spec.stats["std"], rel=1e-4)
+    diffusion = RefSRModel.from_config(MICRO, kind="ldm")
+    from refsr.train.diffusion import build_model
+
+    built = build_model(MICRO, "ldm", vqvae_dir=run)
+    assert built.latent.scale == spec.scale and built.latent.decode_quantized == spec.decode_quantized
+    crops = torch.stack([stage.data[2 * 10**12 + j]["hr"] for j in range(64)])
+    with torch.no_grad():
+        z = built.encode(crops)
+    assert float(z.std()) == pytest.approx(1.0, abs=0.02)  # the same crops the scale was measured on
+    assert diffusion.latent.scale == 1.0
+
+
+def test_decode_inverts_the_latent_scale_and_folders_keep_the_settings(tmp_path):
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm-ca").eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        raw = model.encode(x)
+        plain = model.decode(raw)
+        model.latent = LatentSpec(scale=2.5, decode_quantized=False)
+        scaled = model.encode(x)
+        assert torch.allclose(scaled, 2.5 * raw)
+        continuous = model.decode(scaled)
+        assert torch.allclose(continuous, model.vqvae.decode(raw, force_not_quantize=True).sample.clamp(-1, 1), atol=1e-5)
+        assert not torch.allclose(continuous, plain)  # the quantiser was skipped
+    model.scheduler_config["prediction_type"] = "v_prediction"
+    model.recipe = {"min_snr_gamma": 5.0}
+    model.save_pretrained(tmp_path / "m")
+    back = RefSRModel.from_pretrained(tmp_path / "m")
+    assert (back.latent.scale, back.latent.decode_quantized) == (2.5, False)
+    assert back.prediction_type == "v_prediction" and back.recipe == {"min_snr_gamma": 5.0}
+
+
+def test_folder_without_latent_scale_loads_with_scale_1_and_says_so_once(tmp_path, caplog):
+    torch.manual_seed(0)
+    RefSRModel.from_config(MICRO, kind="ldm").save_pretrained(tmp_path / "old")
+    meta = read_json(tmp_path / "old" / "refsr.json")
+    for key in ("latent_scale", "decode_quantized", "prediction_type"):
+        meta.pop(key)
+    (tmp_path / "old" / "refsr.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.INFO, logger="refsr.models"):
+        a = RefSRModel.from_pretrained(tmp_path / "old")
+        b = RefSRModel.from_pretrained(tmp_path / "old")
+    assert a.latent.scale == b.latent.scale == 1.0 and a.latent.decode_quantized
+    said = [r for r in caplog.records if "no latent scale recorded" in r.getMessage()]
+    assert len(said) == 1 and str(tmp_path / "old") in said[0].getMessage()
+
+
+def test_bad_latent_file_is_one_line(tmp_path):
+    (tmp_path / LATENT_FILE).write_text(json.dumps({"format": "refsr.latent/1", "scale": -1}))
+    with pytest.raises(InputError, match="latent scale must be > 0"):
+        read_latent_spec(tmp_path)
+
+
+def test_latent_statistics_pool_all_channels():
+    class Identity:
+        def encode(self, x):
+            return type("E", (), {"latents": x})()
+
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(4, 3, 8, 8, generator=g) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) for _ in range(3)]
+    stats = latent_statistics(Identity(), data)
+    everything = torch.cat(data)
+    assert stats["std"] == pytest.approx(float(everything.double().std(unbiased=False)), rel=1e-6)
+    assert stats["channel_std"] == pytest.approx([float(everything[:, c].std(unbiased=False)) for c in range(3)], rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# Denoiser: prediction type, min-SNR weighting
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_exact_target_lets_the_scheduler_recover_z0(kind):
+    """The training target is what diffusers' schedulers expect for the prediction type."""
+    from diffusers import DDIMScheduler
+
+    from refsr.models.ldm import SCHEDULER_CONFIG
+
+    sched = DDIMScheduler(**{**{k: v for k, v in SCHEDULER_CONFIG.items()}, "prediction_type": kind})
+    sched.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    t = sched.timesteps[10]
+    a = sched.alphas_cumprod[t].view(1, 1, 1, 1)
+    noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    out = sched.step(diffusion_target(kind, z0, noise, a), t, noisy)
+    assert torch.allclose(out.pred_original_sample, z0, atol=1e-4)
+
+
+def test_min_snr_weights():
+    a = torch.tensor([0.99, 0.5, 0.01])  # SNR 99, 1, 1/99
+    snr = a / (1 - a)
+    eps = min_snr_weight("epsilon", a, 5.0)
+    v = min_snr_weight("v_prediction", a, 5.0)
+    assert torch.allclose(eps, torch.tensor([5.0 / 99.0, 1.0, 1.0]), atol=1e-5)
+    assert torch.allclose(v, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1), atol=1e-6)
+    assert torch.equal(min_snr_weight("epsilon", a, 0.0), torch.ones(3))
+
+
+def test_v_prediction_and_min_snr_reach_the_loss_and_the_folder(tmp_path, pairs_for_diffusion):
+    manifest, matches, vq = pairs_for_diffusion
+    stage = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", vqvae=vq, prediction_type="v_prediction",
+                           min_snr_gamma=5.0)
+    module = stage.module()
+    batch = torch.utils.data.default_collate([stage.data[i] for i in range(2)])
+    g = torch.Generator().manual_seed(0)
+    loss, _ = module(batch, g)
+    # the same draw by hand: the v target, weighted min(SNR, 5) / (SNR + 1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        z0 = module.model.encode(batch["hr"])
+        t = torch.randint(0, 1000, (2,), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        a = module.alphas_cumprod[t].view(2, 1, 1, 1)
+        pred = module.model(a.sqrt() * z0 + (1 - a).sqrt() * noise, t, batch["lr"])
+        v = a.sqrt() * noise - (1 - a).sqrt() * z0
+        snr = (a / (1 - a)).view(2)
+        want = ((pred - v).pow(2).mean(dim=(1, 2, 3)) * snr.clamp(max=5.0) / (snr + 1)).mean()
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    run_training(stage, _ae_opts(tmp_path / "ldm", steps=1))
+    meta = read_json(tmp_path / "ldm" / "model" / "refsr.json")
+    assert meta["prediction_type"] == "v_prediction" and meta["recipe"]["min_snr_gamma"] == 5.0
+    assert meta["latent_scale"] == read_latent_spec(vq / "model" / "vqvae").scale
+    sched = read_json(tmp_path / "ldm" / "model" / "scheduler" / "scheduler_config.json")
+    assert sched["prediction_type"] == "v_prediction"
+
+
+@pytest.fixture
+def pairs_for_diffusion(tmp_path, astronaut, coffee, motorcycle_pair):
+    from test_train import make_pairs
+
+    manifest, matches = make_pairs(tmp_path / "pairs", {"astronaut": astronaut, "coffee": coffee})
+    photos = _photos(tmp_path / "photos", astronaut, coffee, motorcycle_pair)
+    run_training(AutoencoderStage(photos, config=AE_CONFIG, lpips=False, holdout=0.0), _ae_opts(tmp_path / "vq", 1))
+    return manifest, matches, tmp_path / "vq"
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling: --start-strength
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
+def test_start_strength_with_an_oracle_denoiser_returns_the_start_latent(sampler):
+    """With the exact noise prediction for z_init, the reverse process from t_s ends at z_init;
+    it runs round(S x steps) model calls, the first at about S x T."""
+    from refsr.models.ldm import SCHEDULER_CONFIG
+    from refsr.sample.samplers import denoise, make_scheduler
+
+    sched = make_scheduler(sampler, SCHEDULER_CONFIG)
+    g = torch.Generator().manual_seed(0)
+    z_init, noise = torch.randn(1, 3, 8, 8, generator=g), torch.randn(1, 3, 8, 8, generator=g)
+    alphas = make_scheduler("ddpm", SCHEDULER_CONFIG).alphas_cumprod
+    calls = []
+
+    def oracle(x, t):
+        calls.append(int(t))
+        a = alphas[int(t)]
+        return (x - a.sqrt() * z_init) / (1 - a).sqrt()
+
+    out = denoise(oracle, noise, sched, 20, init_latents=z_init, strength=0.4)
+    assert len(calls) == 8 and abs(calls[0] - 400) <= 50
+    assert torch.allclose(out, z_init, atol=1e-3)
+
+
+def test_start_strength_1_is_the_pure_noise_path():
+    from refsr.models.ldm import SCHEDULER_CONFIG
+    from refsr.sample.samplers import denoise, make_scheduler
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 3, 8, 8, generator=g)
+    fn = lambda x, t: 0.1 * x  # noqa: E731
+    a = denoise(fn, noise, make_scheduler("ddim", SCHEDULER_CONFIG), 5)
+    b = denoise(fn, noise, make_scheduler("ddim", SCHEDULER_CONFIG), 5, init_latents=torch.zeros_like(noise), strength=1.0)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="start strength must be in"):
+        denoise(fn, noise, make_scheduler("ddim", SCHEDULER_CONFIG), 5, init_latents=noise, strength=0.0)
+
+
+def test_start_strength_tiled_equals_untiled_for_one_tile(coffee):
+    from refsr.sample import SampleSettings, restore_tensor
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config("tiny", kind="ldm").eval()
+    model.latent = LatentSpec(scale=1.7)
+    lr = torch.from_numpy(cv2.resize(coffee, (16, 16), interpolation=cv2.INTER_AREA).transpose(2, 0, 1).copy())[None] * 2 - 1
+    s = SampleSettings(steps=4, tile=16, tile_overlap=4, start_strength=0.5)
+    a = restore_tensor(model, lr, settings=s, generator=torch.Generator().manual_seed(1))
+    b = restore_tensor(model, lr, settings=s, generator=torch.Generator().manual_seed(1), force_tiles=True)
+    c = restore_tensor(model, lr, settings=SampleSettings(steps=4, tile=16, tile_overlap=4), generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c, atol=1e-3)
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "1.5"])
+def test_start_strength_outside_0_1_is_a_usage_error(tmp_path, coffee, value):
+    write_image(tmp_path / "lr.png", cv2.resize(coffee, (16, 16), interpolation=cv2.INTER_AREA))
+    result = CliRunner().invoke(cli, ["-q", "sample", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"),
+                                      "--start-strength", value])
+    assert result.exit_code == 2 and "--start-strength" in result.output
+
+
+def test_start_strength_is_recorded_in_run_json(tmp_path, coffee):
+    torch.manual_seed(0)
+    RefSRModel.from_config("tiny", kind="ldm").save_pretrained(tmp_path / "m")
+    write_image(tmp_path / "lr.png", cv2.resize(coffee, (16, 16), interpolation=cv2.INTER_AREA))
+    result = CliRunner().invoke(cli, ["-q", "sample", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"),
+                                      "--model", str(tmp_path / "m"), "--steps", "4", "--start-strength", "0.5",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert read_json(tmp_path / "out" / "run.json")["start_strength"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------
+# One fragment function for training and sampling
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_box_smaller_than_ref_size_gives_the_same_fragment_in_training_and_sampling(tmp_path, astronaut, coffee):
+    from refsr.sample.references import load_match_refs
+    from refsr.train.data import PairDataset
+
+    from test_train import make_pairs
+
+    manifest, matches = make_pairs(tmp_path / "pairs", {"astronaut": astronaut, "coffee": coffee})
+    data = PairDataset(manifest, 32, 4, matches, ref_size=64, max_refs=2)
+    rec = [json.loads(line) for line in matches.read_text().splitlines()][0]
+    ref = {**rec["refs"][0], "abs_path": matches.parent / rec["refs"][0]["path"]}
+    assert ref["box"][2] < 64  # enlarged: the case where the two used to differ (AREA vs CUBIC)
+    train = data._fragment(ref)
+    sample = load_match_refs({"refs": [ref]}, 64)[0].pixels
+    assert train.shape == (64, 64, 3) and np.array_equal(train, sample)
+
+
+def test_training_refuses_a_box_outside_its_image_as_sampling_does(tmp_path, astronaut, coffee):
+    from refsr.train.data import PairDataset
+
+    from test_train import make_pairs
+
+    manifest, matches = make_pairs(tmp_path / "pairs", {"astronaut": astronaut, "coffee": coffee})
+    records = [json.loads(line) for line in matches.read_text().splitlines()]
+    records[0]["refs"][0]["box"] = [500, 500, 40, 40]
+    write_jsonl(matches, records)
+    data = PairDataset(manifest, 32, 4, matches, ref_size=32, max_refs=2)
+    ref = {**records[0]["refs"][0], "abs_path": matches.parent / records[0]["refs"][0]["path"]}
+    with pytest.raises(InputError, match=r"box \[500, 500, 40, 40\] is outside the 80x60 image"):
+        data._fragment(ref)
