@@ -190,9 +190,11 @@ def run_demo(
     settings = SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix)
     restored = out_dir / "restored"
     bicubic_baseline(manifest, restored / "bicubic")
-    sample_files([manifest], restored / "without_refs", model=net, settings=settings, seed=seed, device=dev)
+    # always redone (seconds): a rerun with other --steps/--color-fix shows its own result
+    sample_files([manifest], restored / "without_refs", model=net, settings=settings, seed=seed, device=dev,
+                 overwrite=True)
     sample_files([manifest], restored / "with_refs", model=net, matches=matches, settings=settings, seed=seed,
-                 device=dev)
+                 device=dev, overwrite=True)
 
     names = ["bicubic", "without_refs", "with_refs"]
     reports = []

@@ -259,3 +259,66 @@ def test_degrade_skip_bad_skips_a_huge_image_and_names_it(photo_folder, tmp_path
     assert "2 pairs written, 0 already complete, 1 bad inputs skipped" in res.output
     assert f"skipped bad input: {photo_folder / 'bomb.png'}: 100000x100000 pixels" in res.output
     assert [r["id"] for r in io.read_jsonl(tmp_path / "skip" / "manifest.jsonl")] == ["astronaut_0", "coffee_0"]
+
+
+# ---------------------------------------------------------------------------------------
+# 4. sample: every finished image is recorded at once; settings never mix
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ldm():
+    import torch
+
+    from refsr.models import RefSRModel
+
+    torch.manual_seed(0)
+    return RefSRModel.from_config("tiny", kind="ldm").eval()
+
+
+def _lr_folder(root, n=3):
+    for i in range(n):
+        io.write_image(root / f"im{i}.png", np.full((8, 8 + 4 * i, 3), 0.2 + 0.2 * i, np.float32))
+    return root
+
+
+def test_sample_killed_midway_loses_no_record(tmp_path, tiny_ldm, monkeypatch):
+    from refsr.sample import SampleSettings, restore, sample_files
+
+    lr, out, fast = _lr_folder(tmp_path / "lr"), tmp_path / "out", SampleSettings(steps=1, tile=0)
+    real, calls = restore._restore_one, []
+
+    def dies_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as kill -9: with no clean-up at all (below)
+        return real(*a, **k)
+
+    monkeypatch.setattr(restore, "_restore_one", dies_on_third)
+    monkeypatch.setattr(restore, "merge_run_logs", lambda out_dir: None)
+    with pytest.raises(KeyboardInterrupt):
+        sample_files([lr], out, model=tiny_ldm, settings=fast, device="cpu")
+    assert sorted(p.name for p in out.glob("*.png")) == ["im0_sr.png", "im1_sr.png"] and not (out / "run.json").exists()
+    monkeypatch.undo()
+    summary = sample_files([lr], out, model=tiny_ldm, settings=fast, device="cpu")
+    assert [p.name for p in summary.skipped] == ["im0_sr.png", "im1_sr.png"]
+    images = io.read_json(out / "run.json")["images"]
+    assert sorted(images) == ["im0_sr.png", "im1_sr.png", "im2_sr.png"]
+    assert images["im1_sr.png"]["size"] == [12, 8] and not list(out.glob(".run-*.jsonl"))
+
+
+def test_sample_rerun_with_other_settings_is_refused_or_recorded_per_image(tmp_path, tiny_ldm):
+    from refsr.sample import SampleSettings, sample_files
+
+    lr, out = _lr_folder(tmp_path / "lr", 2), tmp_path / "out"
+    sample_files([lr / "im0.png"], out, model=tiny_ldm, settings=SampleSettings(steps=1, tile=0), device="cpu")
+    with pytest.raises(io.InputError) as err:
+        sample_files([lr], out, model=tiny_ldm, settings=SampleSettings(steps=2, tile=0), seed=5, device="cpu")
+    assert str(err.value) == (f"{out}: holds outputs made with other settings (seed 0 -> 5, steps 1 -> 2); "
+                              "pass --overwrite to redo them with these settings, or use another output folder")
+    assert sorted(p.name for p in out.glob("*.png")) == ["im0_sr.png"]
+    sample_files([lr / "im1.png"], out, model=tiny_ldm, settings=SampleSettings(steps=2, tile=0), device="cpu",
+                 overwrite=True)
+    run = io.read_json(out / "run.json")
+    assert run["steps"] == 2 and "settings" not in run["images"]["im1_sr.png"]
+    assert run["images"]["im0_sr.png"]["settings"]["steps"] == 1  # made with the first run's settings

@@ -1,8 +1,11 @@
 """The ``sample`` stage: LR files in, restored PNG files and ``run.json`` out.
 
 For each input ``x.png`` it writes ``OUT/x<suffix>.png`` in the input's form (bit depth,
-gray, alpha upsampled), then records the run in ``OUT/run.json``. A rerun skips outputs
-that exist (unless ``overwrite``); ``shard=(K, N)`` processes every N-th input from K, and
+gray, alpha upsampled) and appends its record to a hidden run log as soon as it is written;
+the logs are merged into ``OUT/run.json`` at the end (or by the next run, after a crash).
+A rerun skips outputs that exist (unless ``overwrite``) and is refused if its settings
+differ from those the folder's outputs were made with (unless ``overwrite``: the older
+records then keep their own settings); ``shard=(K, N)`` processes every N-th input from K, and
 since each image's noise is seeded from ``(seed, stem)`` the shards of a run together
 give the same bytes as one unsharded run.
 """
@@ -138,21 +141,123 @@ def _locked(path: Path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def update_run_json(out_dir: Path, settings: dict, images: dict[str, dict]) -> Path:
-    """Merge this run's ``images`` records into ``OUT/run.json`` (under a lock, written
-    atomically). Records of earlier runs for other outputs are kept; the top-level
-    settings are this run's, and a change of settings is logged as a warning."""
+IGNORED_SETTINGS = ("device",)  # may differ between shards and reruns (same bytes per device)
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    """Settings that differ between two runs (keys both record, except ``device``)."""
+    return sorted(k for k in new if k in old and k not in IGNORED_SETTINGS and old[k] != new[k])
+
+
+class RunLog:
+    """This run's finished images, appended (and fsynced) one line at a time to a hidden
+    ``OUT/.run-*.jsonl`` as they are written, so that an interruption (Ctrl-C, kill -9,
+    full disk) loses no record. The first line holds the run's settings. The file is
+    ``flock``-ed while its run lives; :func:`merge_run_logs` folds the logs of finished or
+    dead runs into ``run.json`` and removes them."""
+
+    def __init__(self, out_dir: Path, settings: dict):
+        import fcntl
+        import os
+        import tempfile
+
+        from ..io import file_mode
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".run-", suffix=".jsonl", dir=out_dir)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.fchmod(fd, file_mode())
+        self.path, self._file = Path(name), os.fdopen(fd, "w", encoding="utf-8")
+        self._append({"format": RUN_FORMAT, "settings": settings})
+
+    def _append(self, obj: dict) -> None:
+        import json
+        import os
+
+        self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def add(self, name: str, record: dict) -> None:
+        self._append({"image": name, "record": record})
+
+    def close(self) -> None:
+        self._file.close()  # releases the lock
+
+
+def _read_run_log(path: Path) -> tuple[dict | None, dict[str, dict]]:
+    """``(settings, {output name: record})`` of a run log; a torn last line is ignored."""
+    import json
+
+    settings, images = None, {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("settings"), dict) and settings is None:
+            settings = obj["settings"]
+        elif isinstance(obj, dict) and settings is not None and isinstance(obj.get("record"), dict):
+            images[str(obj.get("image"))] = obj["record"]
+    return settings, images
+
+
+def _merge_into(run: dict, settings: dict, images: dict[str, dict]) -> dict:
+    """``run`` (the content of run.json) with ``images`` made with ``settings`` merged in:
+    the top-level settings become ``settings``; earlier records made with other settings
+    keep theirs in their own ``settings`` key."""
+    previous = {k: v for k, v in run.items() if k not in ("images", "format")}
+    merged = dict(run.get("images", {}))
+    if previous and _changed(previous, settings):
+        merged = {name: rec if "settings" in rec else {**rec, "settings": previous} for name, rec in merged.items()}
+    merged.update(images)
+    return {"format": RUN_FORMAT, **settings, "images": dict(sorted(merged.items()))}
+
+
+def merge_run_logs(out_dir: Path) -> Path:
+    """Fold every run log of ``out_dir`` whose run has ended (its lock is free) into
+    ``OUT/run.json`` (under a lock, written atomically), then remove those logs."""
+    import fcntl
+
     path = out_dir / "run.json"
     with _locked(out_dir / ".run.json.lock"):
-        old = read_json(path) if path.is_file() else {}
-        previous = {k: v for k, v in old.items() if k not in ("images", "format")}
-        changed = sorted(k for k in settings if k in previous and previous[k] != settings[k] and k != "device")
-        if changed and images:
-            log.warning("%s: settings differ from the earlier run (%s); earlier outputs were kept", path, ", ".join(changed))
-        merged = dict(old.get("images", {}))
-        merged.update(images)
-        write_json(path, {"format": RUN_FORMAT, **settings, "images": dict(sorted(merged.items()))})
+        run = read_json(path) if path.is_file() else {}
+        done = []
+        for log_path in sorted(out_dir.glob(".run-*.jsonl"), key=lambda q: q.stat().st_mtime_ns):
+            with open(log_path, "rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a run still going: it merges its own log when it ends
+                settings, images = _read_run_log(log_path)
+                if settings is not None:
+                    run = _merge_into(run, settings, images)
+                    done.append(log_path)
+        if done:
+            write_json(path, run)
+            for log_path in done:
+                log_path.unlink(missing_ok=True)
     return path
+
+
+def check_run_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse to add outputs made with ``settings`` to a folder whose outputs were made with
+    other settings (run.json, or the log of a run still going), unless ``overwrite``.
+
+    Raises:
+        InputError: naming the folder, the settings that differ and what to do.
+    """
+    if overwrite:
+        return
+    path = out_dir / "run.json"
+    earlier = [read_json(path)] if path.is_file() else []
+    earlier += [st for st in (_read_run_log(q)[0] for q in out_dir.glob(".run-*.jsonl")) if st is not None]
+    for old in earlier:
+        changed = _changed({k: v for k, v in old.items() if k not in ("images", "format")}, settings)
+        if changed:
+            what = ", ".join(f"{k} {old[k]!r} -> {settings[k]!r}" for k in changed[:4])
+            raise InputError(f"{out_dir}: holds outputs made with other settings ({what}); pass --overwrite to "
+                             "redo them with these settings, or use another output folder")
 
 
 def _run_settings(model_name: str, model, settings: SampleSettings, seed: int, device, extra: dict) -> dict:
@@ -268,28 +373,38 @@ def sample_files(
     else:
         model, model_name = model.to(device).eval(), getattr(model, "name_or_path", type(model).__name__)
     chooser = _References(model, refs, matches, max_refs, summary.warnings)
-    records = {}
-    for item, out_path in progress(list(zip(items, outs)), desc="images", unit="img"):
-        if out_path.exists() and not overwrite:
-            summary.skipped.append(out_path)
-            continue
-        t0 = time.perf_counter()
-        image = read_image(item.path)
-        frags = chooser.for_item(item)
-        rgb = _restore_one(model, item, image, frags, settings, seed, device, outscale)
-        write_like(out_path, rgb, image)
-        summary.written.append(out_path)
-        records[out_path.name] = {
-            "input": _relative(item.path, out_dir), "pair_id": item.pair_id,
-            "size": [image.width, image.height], "output_size": [rgb.shape[1], rgb.shape[0]],
-            "refs": [dict(f.record(), path=_relative(f.path, out_dir)) for f in frags],
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
+    extra = {"outscale": outscale, "suffix": suffix, "refs": [str(r) for r in refs],
+             "matches": str(matches) if matches else None}
+    run_settings = _run_settings(model_name, model, settings, seed, device, extra)
+    merge_run_logs(out_dir)  # records of an interrupted earlier run
+    check_run_settings(out_dir, run_settings, overwrite)
+    run_log = RunLog(out_dir, run_settings)
+    try:
+        for item, out_path in progress(list(zip(items, outs)), desc="images", unit="img"):
+            if out_path.exists() and not overwrite:
+                summary.skipped.append(out_path)
+                continue
+            t0 = time.perf_counter()
+            image = read_image(item.path)
+            frags = chooser.for_item(item)
+            rgb = _restore_one(model, item, image, frags, settings, seed, device, outscale)
+            write_like(out_path, rgb, image)
+            summary.written.append(out_path)
+            run_log.add(out_path.name, {
+                "input": _relative(item.path, out_dir), "pair_id": item.pair_id,
+                "size": [image.width, image.height], "output_size": [rgb.shape[1], rgb.shape[0]],
+                "refs": [dict(f.record(), path=_relative(f.path, out_dir)) for f in frags],
+                "seconds": round(time.perf_counter() - t0, 3),
+            })
+    except BaseException:
+        run_log.close()
+        with contextlib.suppress(Exception):  # e.g. a full disk: the log stays for the next run to merge
+            merge_run_logs(out_dir)
+        raise
+    run_log.close()
+    summary.run_json = merge_run_logs(out_dir)
     if chooser.unmatched:
         summary.warnings.append(f"{len(chooser.unmatched)} input(s) have no record in {matches} and ran without "
                                 f"references: {', '.join(chooser.unmatched[:5])}")
-    extra = {"outscale": outscale, "suffix": suffix, "refs": [str(r) for r in refs],
-             "matches": str(matches) if matches else None}
-    summary.run_json = update_run_json(out_dir, _run_settings(model_name, model, settings, seed, device, extra), records)
     summary.seconds = time.perf_counter() - start
     return summary
