@@ -322,3 +322,43 @@ def test_sample_rerun_with_other_settings_is_refused_or_recorded_per_image(tmp_p
     run = io.read_json(out / "run.json")
     assert run["steps"] == 2 and "settings" not in run["images"]["im1_sr.png"]
     assert run["images"]["im0_sr.png"]["settings"]["steps"] == 1  # made with the first run's settings
+
+
+# ---------------------------------------------------------------------------------------
+# 5. match keeps an existing output only if it was made from the same queries, index, settings
+# ---------------------------------------------------------------------------------------
+
+
+def test_match_refuses_an_output_made_from_other_queries_index_or_settings(tmp_path):
+    from test_retrieval import SETTINGS, SPEC
+
+    from conftest import small_photo
+    from refsr.retrieval.index import index_refs
+    from refsr.retrieval.match import MatchSettings, match_queries
+
+    for name in ("coffee", "chelsea"):
+        io.write_image(tmp_path / "refs" / f"{name}.png", small_photo(name))
+    index_refs([tmp_path / "refs"], tmp_path / "idx", SPEC)
+    for name in ("astronaut", "camera"):
+        io.write_image(tmp_path / "q" / f"{name}.png", small_photo(name)[:64, :64])
+    out, base = tmp_path / "m.jsonl", MatchSettings(**dict(SETTINGS, top_images=2, top_refs=2))
+
+    def run(queries=tmp_path / "q", settings=base, **kw):
+        return match_queries(queries, tmp_path / "idx", out, settings, matcher="none", **kw)
+
+    run()
+    first = out.read_text()
+    assert run().skipped and out.read_text() == first  # same queries, index, settings: kept
+    with pytest.raises(io.InputError, match=r"m.jsonl: exists but was made from other queries \(2 lines for 1 "):
+        run(queries=tmp_path / "q" / "camera.png")
+    with pytest.raises(io.InputError, match=r"made with other settings or index \(top_refs 2 -> 3\); pass --overwrite"):
+        run(settings=MatchSettings(**dict(SETTINGS, top_images=2, top_refs=3)))
+    io.write_image(tmp_path / "refs" / "rocket.png", small_photo("rocket"))
+    index_refs([tmp_path / "refs"], tmp_path / "idx", SPEC)
+    with pytest.raises(io.InputError, match=r"other settings or index \(index \{'generation': 1, .* -> \{'generation': 2"):
+        run()
+    assert out.read_text() == first  # nothing was changed by the refusals
+    assert not run(overwrite=True).skipped and out.read_text() != first
+    out.write_text("not json\n")
+    with pytest.raises(io.InputError, match=r"m.jsonl:1: invalid JSON .*; the existing output is not a matches file"):
+        run()

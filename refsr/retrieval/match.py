@@ -325,6 +325,44 @@ class _ExclusionMap:
 
     def _sha(self, path: Path) -> str | None:
         from ..io import sha256_file
+def run_settings(settings: MatchSettings, query_kind: str, matcher: str, index_dir: Path) -> dict:
+    """What shapes a matches file, recorded in each of its lines (``settings``): the
+    options, the matcher and the index generation with its items checksum."""
+    from dataclasses import asdict
+
+    from ..io import read_json
+
+    meta = read_json(Path(index_dir) / "index.json")
+    return {"query": query_kind, **asdict(settings), "matcher": matcher,
+            "index": {"generation": meta.get("generation"), "items_sha256": meta.get("items_sha256")}}
+
+
+def check_existing_output(out: Path, todo: list[Query], run: dict) -> None:
+    """An existing matches file is kept only if it was made from the same queries, index
+    and settings; anything else is refused (with ``--overwrite`` it is redone).
+
+    Raises:
+        InputError: naming the file and what differs.
+    """
+    from ..errors import InputError, ManifestError
+    from ..io import read_jsonl, relative_path
+
+    hint = "pass --overwrite to redo it, or choose another -o"
+    try:
+        lines = read_jsonl(out)
+    except ManifestError as e:
+        raise InputError(f"{e}; the existing output is not a matches file: {hint}") from None
+    if [(r.get("id"), r.get("query")) for r in lines] != [(q.id, relative_path(out, q.image)) for q in todo]:
+        raise InputError(f"{out}: exists but was made from other queries ({len(lines)} lines for {len(todo)} "
+                         f"queries now); {hint}")
+    for r in lines:
+        old = r.get("settings")
+        if old != run:
+            what = ("no recorded settings (an older refsr)" if not isinstance(old, dict) else
+                    ", ".join(f"{k} {old.get(k)!r} -> {run[k]!r}" for k in run if old.get(k) != run[k]))
+            raise InputError(f"{out}: exists but was made with other settings or index ({what}); {hint}")
+
+
 
         key = str(path)
         if key not in self._sha_cache:
@@ -362,7 +400,9 @@ class MatchStats:
     queries: int = 0
     matched: int = 0
     resumed: int = 0
+    run = run_settings(settings, query_kind, matcher, Path(index_dir))
     skipped: bool = False
+        check_existing_output(out, todo, run)
 
 
 def shard_output(output: str | os.PathLike, shard: tuple[int, int]) -> Path:
@@ -449,15 +489,17 @@ def _save_crops(folder: Path, q: Query, refs: list[dict], index) -> None:
         write_image(folder / safe_name(q.id) / f"{rank:02d}.png", rgb[y:y + h, x:x + w])  # an id ".." stays in DIR
 
 
-def _load_partial(partial: Path) -> dict[str, dict]:
-    """Records of an interrupted run (the last line may be torn: it is ignored)."""
+def _load_partial(partial: Path, run: dict) -> dict[str, dict]:
+    """Records of an interrupted run made with the same ``run`` settings (the last line may
+    be torn: it is ignored; lines made with other settings are not reused)."""
     done = {}
     if partial.is_file():
         for line in partial.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
-                done[rec["id"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
+                if rec.get("settings") == run:
+                    done[rec["id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                 continue
     return done
 
@@ -474,14 +516,16 @@ def match_queries(
     reference paths relative to the output's folder); with ``shard`` K/N, only every
     N-th query into ``matches.shard-K-of-N.jsonl``. Results are appended to a hidden
     ``.partial`` file as they come, so an interrupted run resumes; an existing output is
-    kept unless ``overwrite``.
+    kept when it was made from the same queries, index and settings (each line records
+    them, :func:`run_settings`), refused otherwise, and redone with ``overwrite``.
 
     Args:
         embedder_spec (`EmbedderSpec`, optional): the CLIP model to embed queries with;
             by default the one recorded in the index (a different one is refused).
 
     Raises:
-        InputError: bad queries, or an embedder other than the index's.
+        InputError: bad queries, an embedder other than the index's, or an existing output
+            made from other queries, index or settings.
         MissingWeightsError: CLIP or matcher weights not available offline.
     """
     from ..io import relative_path, select_shard, write_jsonl
@@ -505,7 +549,7 @@ def match_queries(
     net = load_matcher(matcher, device)
     excl, cache = _ExclusionMap(index), _FeatureCache(net, device)
     partial = out.with_name(f".{out.name}.partial")
-    done = {} if overwrite else _load_partial(partial)
+    done = {} if overwrite else _load_partial(partial, run)
     stats.resumed = sum(q.id in done for q in todo)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(partial, "w" if overwrite else "a", encoding="utf-8") as f:
@@ -516,7 +560,7 @@ def match_queries(
             done[q.id] = {"format": MATCH_FORMAT_NAME, "id": q.id, "query": relative_path(out, q.image),
                           "refs": [{"path": relative_path(out, index.abs_path(index.item_by_label(r["label"]))),
                                     "box": r["box"], "score": r["score"], "image_score": r["image_score"]}
-                                   for r in refs], "matcher": matcher}
+                                   for r in refs], "matcher": matcher, "settings": run}
             f.write(json.dumps(done[q.id], separators=(",", ":")) + "\n")
             f.flush()
             os.fsync(f.fileno())
