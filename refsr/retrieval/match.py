@@ -325,44 +325,6 @@ class _ExclusionMap:
 
     def _sha(self, path: Path) -> str | None:
         from ..io import sha256_file
-def run_settings(settings: MatchSettings, query_kind: str, matcher: str, index_dir: Path) -> dict:
-    """What shapes a matches file, recorded in each of its lines (``settings``): the
-    options, the matcher and the index generation with its items checksum."""
-    from dataclasses import asdict
-
-    from ..io import read_json
-
-    meta = read_json(Path(index_dir) / "index.json")
-    return {"query": query_kind, **asdict(settings), "matcher": matcher,
-            "index": {"generation": meta.get("generation"), "items_sha256": meta.get("items_sha256")}}
-
-
-def check_existing_output(out: Path, todo: list[Query], run: dict) -> None:
-    """An existing matches file is kept only if it was made from the same queries, index
-    and settings; anything else is refused (with ``--overwrite`` it is redone).
-
-    Raises:
-        InputError: naming the file and what differs.
-    """
-    from ..errors import InputError, ManifestError
-    from ..io import read_jsonl, relative_path
-
-    hint = "pass --overwrite to redo it, or choose another -o"
-    try:
-        lines = read_jsonl(out)
-    except ManifestError as e:
-        raise InputError(f"{e}; the existing output is not a matches file: {hint}") from None
-    if [(r.get("id"), r.get("query")) for r in lines] != [(q.id, relative_path(out, q.image)) for q in todo]:
-        raise InputError(f"{out}: exists but was made from other queries ({len(lines)} lines for {len(todo)} "
-                         f"queries now); {hint}")
-    for r in lines:
-        old = r.get("settings")
-        if old != run:
-            what = ("no recorded settings (an older refsr)" if not isinstance(old, dict) else
-                    ", ".join(f"{k} {old.get(k)!r} -> {run[k]!r}" for k in run if old.get(k) != run[k]))
-            raise InputError(f"{out}: exists but was made with other settings or index ({what}); {hint}")
-
-
 
         key = str(path)
         if key not in self._sha_cache:
@@ -400,9 +362,7 @@ class MatchStats:
     queries: int = 0
     matched: int = 0
     resumed: int = 0
-    run = run_settings(settings, query_kind, matcher, Path(index_dir))
     skipped: bool = False
-        check_existing_output(out, todo, run)
 
 
 def shard_output(output: str | os.PathLike, shard: tuple[int, int]) -> Path:
@@ -504,6 +464,44 @@ def _load_partial(partial: Path, run: dict) -> dict[str, dict]:
     return done
 
 
+def run_settings(settings: MatchSettings, query_kind: str, matcher: str, index_dir: Path) -> dict:
+    """What shapes a matches file, recorded in each of its lines (``settings``): the
+    options, the matcher and the index generation with its items checksum."""
+    from dataclasses import asdict
+
+    from ..io import read_json
+
+    meta = read_json(Path(index_dir) / "index.json")
+    return {"query": query_kind, **asdict(settings), "matcher": matcher,
+            "index": {"generation": meta.get("generation"), "items_sha256": meta.get("items_sha256")}}
+
+
+def check_existing_output(out: Path, todo: list[Query], run: dict) -> None:
+    """An existing matches file is kept only if it was made from the same queries, index
+    and settings; anything else is refused (with ``--overwrite`` it is redone).
+
+    Raises:
+        InputError: naming the file and what differs.
+    """
+    from ..errors import InputError, ManifestError
+    from ..io import read_jsonl, relative_path
+
+    hint = "pass --overwrite to redo it, or choose another -o"
+    try:
+        lines = read_jsonl(out)
+    except ManifestError as e:
+        raise InputError(f"{e}; the existing output is not a matches file: {hint}") from None
+    if [(r.get("id"), r.get("query")) for r in lines] != [(q.id, relative_path(out, q.image)) for q in todo]:
+        raise InputError(f"{out}: exists but was made from other queries ({len(lines)} lines for {len(todo)} "
+                         f"queries now); {hint}")
+    for r in lines:
+        old = r.get("settings")
+        if old != run:
+            what = ("no recorded settings (an older refsr)" if not isinstance(old, dict) else
+                    ", ".join(f"{k} {old.get(k)!r} -> {run[k]!r}" for k in run if old.get(k) != run[k]))
+            raise InputError(f"{out}: exists but was made with other settings or index ({what}); {hint}")
+
+
 def match_queries(
     queries: str | os.PathLike, index_dir: str | os.PathLike, output: str | os.PathLike,
     settings: MatchSettings | None = None, query_kind: str = "hr", matcher: str = "shipped",
@@ -540,7 +538,9 @@ def match_queries(
     all_queries = read_queries(queries, query_kind)
     todo = select_shard(all_queries, shard)
     stats.queries = len(todo)
+    run = run_settings(settings, query_kind, matcher, Path(index_dir))
     if out.exists() and not overwrite:
+        check_existing_output(out, todo, run)
         stats.skipped = True
         return stats
     index = open_index(index_dir)
