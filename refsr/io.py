@@ -661,3 +661,61 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# Weights files (safetensors, or weights-only torch checkpoints: never unpickled)
+# ---------------------------------------------------------------------------------------
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict:
+    """Tensors of a safetensors file or a weights-only torch checkpoint (never unpickled).
+
+    A ``state_dict`` wrapper and a ``module.`` prefix (DDP) are removed.
+
+    Raises:
+        InputError: a missing file, or one that is neither.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InputError(f"{path}: not a weights-only torch checkpoint or safetensors file ({type(e).__name__})") from None
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise InputError(f"{path}: expected a dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def load_state(module, state_dict: dict, path, what: object):
+    """``module.load_state_dict(state_dict, strict=False)``; wrong-shaped tensors are a
+    one-line InputError naming ``path`` instead of torch's multi-line RuntimeError."""
+    try:
+        return module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
+        raise InputError(f"{path}: weights do not fit {what} ({detail})") from None
+
+
+def load_weights_into(module, path: str | os.PathLike, what: object, state_dict: dict | None = None):
+    """Load the weights file ``path`` (or ``state_dict``, read from it by the caller) into
+    ``module``, every key fitting, and return it.
+
+    Raises:
+        InputError: weights that do not fit ``module`` (``what`` describes it), one line.
+    """
+    result = load_state(module, load_state_dict_file(path) if state_dict is None else state_dict, path, what)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(f"{path}: weights do not fit {what} (missing {result.missing_keys[:2]}, "
+                         f"unexpected {result.unexpected_keys[:2]})")
+    return module

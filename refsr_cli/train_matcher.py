@@ -45,7 +45,8 @@ def matcher_options(f):
         f.__doc__ = f.__doc__.rstrip() + "\n" + textwrap.indent(MATCHER_HELP, "    ")
     options = [
         click.option("--init", default="imagenet", show_default=True,
-                     help="matcher: start from imagenet (cached torchvision weights), none (random) or a matcher folder."),
+                     help="matcher: start from imagenet (cached torchvision weights), none (random), or a trained "
+                     "matcher: shipped or a folder (it continues)."),
         click.option("--arch", default="resnet34", show_default=True, help="matcher: torchvision ResNet of the trunk."),
         click.option("--depth", type=click.IntRange(1, 4), default=3, show_default=True,
                      help="matcher: last ResNet stage kept (stride 4*2^(depth-1)); 2 is 8x smaller than 3."),

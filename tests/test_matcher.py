@@ -14,11 +14,11 @@ import torch
 
 from refsr.errors import InputError
 from refsr.io import read_matches, write_image
-from refsr.retrieval.match import load_matcher
-from refsr.retrieval.matcher_eval import load_any_matcher, location_accuracy, make_queries
+from refsr.models.matcher import SHIPPED_MATCHER, MatcherNet, load_matcher
+from refsr.retrieval.matcher_eval import location_accuracy, make_queries
 from refsr.train import TrainOptions
-from refsr.train.matcher import (MatcherModule, MatcherNet, PositivePairs, build_matcher_net, info_nce,
-                                 load_matcher_net, split_images, train_matcher)
+from refsr.train.data import split_images
+from refsr.train.matcher import MatcherModule, PositivePairs, build_matcher_net, info_nce, train_matcher
 
 from conftest import small_photo  # noqa: E402
 
@@ -104,31 +104,78 @@ def test_module_degrades_query_to_lr_look(photos):
 
 
 def test_export_load_round_trip(tmp_path):
+    """MatcherNet is a diffusers model: save_pretrained -> from_pretrained / load_matcher, same outputs."""
     torch.manual_seed(0)
     net = MatcherNet(depth=2, head_dim=16).eval()
     x = torch.rand(2, 3, 48, 40)
-    net.save_pretrained(tmp_path / "f32", dtype="float32")
-    net.save_pretrained(tmp_path / "f16")
+    net.save_pretrained(tmp_path / "f32")
+    net.save_pretrained(tmp_path / "f16", dtype="float16")
     cfg = json.loads((tmp_path / "f16" / "config.json").read_text())
-    assert cfg["_class_name"] == "MatcherNet" and cfg["depth"] == 2 and cfg["head_dim"] == 16
-    assert cfg["format"] == "refsr.matcher/1" and cfg["weights_dtype"] == "float16"
+    assert cfg["_class_name"] == "MatcherNet" and "_diffusers_version" in cfg
+    assert (cfg["arch"], cfg["depth"], cfg["head_dim"]) == ("resnet34", 2, 16)
+    assert sorted(f.name for f in (tmp_path / "f16").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     with torch.no_grad():
         y = net(x)
-        torch.testing.assert_close(load_matcher_net(tmp_path / "f32").eval()(x), y)
-        again = load_any_matcher(str(tmp_path / "f16"))
-        assert again.stride == 8 and next(again.parameters()).dtype == torch.float32
+        torch.testing.assert_close(MatcherNet.from_pretrained(tmp_path / "f32")(x), y)
+        again = load_matcher(str(tmp_path / "f16"))
+        assert again.stride == 8 and not again.training and next(again.parameters()).dtype == torch.float32
         torch.testing.assert_close(again(x), y, atol=2e-2, rtol=2e-2)
-    assert (tmp_path / "f16" / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "f32" / "model.safetensors").stat().st_size
-    # a trained folder can be the start of another run (trunk and head continue)
+    assert next(net.parameters()).dtype == torch.float32  # the export cast a copy
+    size = lambda d: (tmp_path / d / "diffusion_pytorch_model.safetensors").stat().st_size  # noqa: E731
+    assert size("f16") < 0.6 * size("f32")
+    # a trained folder can be the start of another run (trunk and head continue) ...
     start = build_matcher_net(str(tmp_path / "f32"))
-    torch.testing.assert_close(start.eval()(x), y)
-    with pytest.raises(InputError, match="not a MatcherNet config"):
-        load_matcher_net(_trunk_folder(tmp_path))
+    assert start.training
+    with torch.no_grad():
+        torch.testing.assert_close(start.eval()(x), y)
+    # ... and a trunk alone gets a new head of the asked size
+    trunk = load_matcher("none", depth=2)
+    trunk.save_pretrained(tmp_path / "trunk")
+    assert MatcherNet.from_pretrained(tmp_path / "trunk").config.head_dim is None
+    grown = build_matcher_net(str(tmp_path / "trunk"), head_dim=8).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(grown.trunk(x), trunk.trunk(x))
+        assert grown(x).shape[1] == 8
 
 
-def _trunk_folder(tmp_path):
-    load_matcher("none", depth=1).save_pretrained(tmp_path / "trunk")
-    return tmp_path / "trunk"
+def test_shipped_matcher_still_loads_and_scores_as_before():
+    """refsr/weights/matcher (refsr.matcher/1: config.json + model.safetensors, float16) loads
+    unchanged; its features on a fixed input are those recorded before the move to models/."""
+    from refsr.retrieval.match import feature_map
+
+    cfg = json.loads((SHIPPED_MATCHER / "config.json").read_text())
+    assert cfg["format"] == "refsr.matcher/1" and (SHIPPED_MATCHER / "model.safetensors").is_file()
+    net = load_matcher("shipped")
+    assert isinstance(net, MatcherNet) and (net.config.depth, net.config.head_dim, net.stride) == (3, 128, 16)
+    assert next(net.parameters()).dtype == torch.float32 and not net.training
+    f = feature_map(net, small_photo("astronaut", (64, 48)), "cpu")
+    assert f.shape == (128, 3, 4)
+    np.testing.assert_allclose(f[:3, 0, 0], [-0.12508321, -0.05956744, 0.02060868], atol=1e-4)
+    assert abs(float(f.sum()) - -21.088554) < 1e-2 and abs(float(np.abs(f).mean()) - 0.25558773) < 1e-5
+
+
+def test_legacy_trunk_folder_and_file_load(tmp_path):
+    """A refsr.matcher/1 trunk folder (keys without the trunk. prefix) and a bare .safetensors trunk."""
+    from safetensors.torch import save_file
+
+    net = load_matcher("none", depth=1)
+    (tmp_path / "old").mkdir()
+    save_file({k: v.contiguous() for k, v in net.trunk.state_dict().items()}, str(tmp_path / "old" / "model.safetensors"))
+    (tmp_path / "old" / "config.json").write_text(json.dumps(
+        {"_class_name": "ResNetTrunk", "format": "refsr.matcher/1", "arch": "resnet34", "depth": 1}))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_matcher(str(tmp_path / "old"))(x), net(x))
+    bare = (tmp_path / "old" / "model.safetensors").rename(tmp_path / "bare.safetensors")
+    with pytest.raises(InputError, match="bare.safetensors: weights do not fit"):  # alone, a file is a depth-3 trunk
+        load_matcher(str(bare))
+    with pytest.raises(InputError, match="old/model.safetensors: weights file not found"):
+        load_matcher(str(tmp_path / "old"))
+    (tmp_path / "old" / "config.json").write_text(json.dumps({"format": "refsr.other/1"}))
+    with pytest.raises(InputError, match="not a matcher config"):
+        load_matcher(str(tmp_path / "old"))
+    with pytest.raises(InputError, match="not a matcher folder"):
+        load_matcher(str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,7 +235,7 @@ def test_tiny_run_lowers_infonce_and_exports(photos, tmp_path):
                            holdout=0.0, export_dtype="float32")
     model = tmp_path / "run" / "model"
     assert result["model"] == str(model) and result["eval"] == {} and result["train_images"] == len(PHOTOS)
-    after = _fixed_loss(load_matcher_net(model), photos)
+    after = _fixed_loss(MatcherNet.from_pretrained(model), photos)
     assert after < 0.9 * before, (before, after)
     lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == list(range(5, 41, 5)) and all("batch_top1" in m for m in lines)
@@ -236,15 +283,36 @@ def test_cli_trains_evaluates_and_checks_options(photos, tmp_path):
 
 
 def test_weights_that_do_not_fit_the_config_are_a_one_line_error(tmp_path):
-    """A matcher folder whose config says depth 3 but whose weights are a depth-2 net."""
-    import json as _json
-
-    from refsr.errors import InputError
-    from refsr.retrieval.match import load_matcher
-
+    """A matcher folder whose config says one shape but whose weights are another, in both
+    layouts: one line naming the file, not torch's or diffusers' multi-line message."""
     MatcherNet("resnet34", 2, 16).save_pretrained(tmp_path / "m")
-    config = _json.loads((tmp_path / "m" / "config.json").read_text())
-    (tmp_path / "m" / "config.json").write_text(_json.dumps({**config, "depth": 3}))
-    for load in (load_matcher_net, lambda f: load_matcher(str(f))):
-        with pytest.raises(InputError, match=r"model.safetensors: weights do not fit .*size mismatch"):
-            load(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "head_dim": 8}))
+    with pytest.raises(InputError, match=r"m: weights do not fit its config \(.*head") as e:
+        load_matcher(str(tmp_path / "m"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "head_dim": None}))
+    with pytest.raises(InputError, match=r"weights do not fit its config \(missing \[\], unexpected \['head"):
+        load_matcher(str(tmp_path / "m"))
+    MatcherNet("resnet34", 2, 16).save_pretrained(tmp_path / "old")  # the refsr.matcher/1 layout, depth 3 claimed
+    (tmp_path / "old" / "diffusion_pytorch_model.safetensors").rename(tmp_path / "old" / "model.safetensors")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(
+        {"_class_name": "MatcherNet", "format": "refsr.matcher/1", "arch": "resnet34", "depth": 3, "head_dim": 16}))
+    with pytest.raises(InputError, match=r"model.safetensors: weights do not fit .*size mismatch"):
+        load_matcher(str(tmp_path / "old"))
+
+
+def test_retrieval_and_train_do_not_import_each_other():
+    """The matcher network lives in refsr.models: retrieval and train import it, not each other."""
+    import subprocess
+    import sys
+
+    check = ("import sys, {mods}; bad = sorted(m for m in sys.modules if m.startswith('{other}')); "
+             "assert not bad, bad; print('ok')")
+    retrieval = ("refsr.retrieval, refsr.retrieval.match, refsr.retrieval.matcher_eval, refsr.retrieval.embed, "
+                 "refsr.models.matcher")
+    train = "refsr.train, refsr.train.matcher, refsr.train.loop, refsr.train.data, refsr.models.matcher"
+    for mods, other in ((retrieval, "refsr.train"), (train, "refsr.retrieval")):
+        proc = subprocess.run([sys.executable, "-c", check.format(mods=mods, other=other)], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-500:]

@@ -16,10 +16,11 @@ import pytest
 
 from refsr.errors import InputError, MissingWeightsError
 from refsr.io import read_matches, sha256_file, write_image, write_jsonl
+from refsr.models.matcher import load_matcher
 from refsr.retrieval import index as index_mod
 from refsr.retrieval.embed import Embedder, EmbedderSpec
 from refsr.retrieval.index import build_index, index_info, index_refs, open_index
-from refsr.retrieval.match import (MatchSettings, load_matcher, match_queries, nms, pooled_window_features,
+from refsr.retrieval.match import (MatchSettings, match_queries, nms, pooled_window_features,
                                    score_windows, window_boxes)
 
 TINY = str(Path(__file__).parent / "data" / "tiny-clip-vit.json")
@@ -298,6 +299,8 @@ def test_matcher_folder_round_trip(tmp_path):
     assert net(x).shape == (1, 256, 4, 3) and net.stride == 16
     with pytest.raises(MissingWeightsError, match="resnet34-b627a593.pth"):
         load_matcher("imagenet")
+    with pytest.raises(InputError, match="expected shipped, imagenet, none, or a matcher folder"):
+        load_matcher("no-such-matcher")
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError, MissingWeightsError
+from ..io import load_state, load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -127,55 +128,6 @@ def _cached_pretrained_file(name: str, tag: str) -> str:
     raise MissingWeightsError(f"OpenCLIP weights {name}/{tag} are not cached: {target} is missing ({url}); {hint}")
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict:
-    """Tensors of a safetensors file or a weights-only torch checkpoint (never unpickled).
-
-    A ``state_dict`` wrapper and a ``module.`` prefix (DDP) are removed.
-    """
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(f"{path}: not a weights-only torch checkpoint or safetensors file ({type(e).__name__})") from None
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise InputError(f"{path}: expected a dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-
-
-def _load_state(module, state_dict: dict, path, what: object):
-    """``module.load_state_dict(state_dict, strict=False)``; wrong-shaped tensors are a
-    one-line InputError naming ``path`` instead of torch's multi-line RuntimeError."""
-    try:
-        return module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:
-        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e).splitlines()[0])
-        raise InputError(f"{path}: weights do not fit {what} ({detail})") from None
-
-
-def load_weights_into(module, path: str | os.PathLike, what: object):
-    """Load the weights file ``path`` into ``module`` (every key must fit) and return it.
-
-    Raises:
-        InputError: weights that do not fit ``module`` (``what`` describes it), one line.
-    """
-    result = _load_state(module, load_state_dict_file(path), path, what)
-    if result.missing_keys or result.unexpected_keys:
-        raise InputError(f"{path}: weights do not fit {what} (missing {result.missing_keys[:2]}, "
-                         f"unexpected {result.unexpected_keys[:2]})")
-    return module
-
-
 def _build_clip(spec: EmbedderSpec):
     """The OpenCLIP model of ``spec`` (CPU, eval mode) and its identity minus ``dim``."""
     import open_clip
@@ -210,7 +162,7 @@ def _load_weights(model, path) -> None:
     sd = load_state_dict_file(path)
     if not any(k.startswith("visual.") for k in sd) and any(k.startswith(("conv1.", "trunk.", "stem.")) for k in sd):
         sd = {f"visual.{k}": v for k, v in sd.items()}
-    result = _load_state(model, sd, path, "this OpenCLIP model")
+    result = load_state(model, sd, path, "this OpenCLIP model")
     missing = [k for k in result.missing_keys if k.startswith("visual.")]
     if missing or result.unexpected_keys:
         bad = (missing or result.unexpected_keys)[:3]

@@ -1,4 +1,4 @@
-"""Stage 2 of reference retrieval: the ResNet-34 patch matcher, and the ``match`` stage.
+"""Stage 2 of reference retrieval: window scoring with the patch matcher, and the ``match`` stage.
 
 For each query, stage 1 (CLIP, :mod:`refsr.retrieval.index`) proposes the most similar
 indexed images; stage 2 scores every ``patch`` x ``patch`` window (at ``stride``) of
@@ -6,7 +6,8 @@ each candidate by the cosine similarity between the query's pooled trunk feature
 window's pooled feature. The trunk runs once per image: window features are averages
 of the image's feature map over the window's cells, read from an integral image
 (summed-area table), never by re-running the network per window. Overlapping windows of
-one image are suppressed (greedy NMS), and the best ``top_refs`` windows are kept.
+one image are suppressed (greedy NMS), and the best ``top_refs`` windows are kept. The
+network itself is :class:`refsr.models.matcher.MatcherNet` (:func:`refsr.models.matcher.load_matcher`).
 """
 
 from __future__ import annotations
@@ -20,152 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, MissingWeightsError
 from ..io import MATCH_FORMAT as MATCH_FORMAT_NAME
 
 log = logging.getLogger(__name__)
 
-MATCHER_FORMAT = "refsr.matcher/1"
-SHIPPED_MATCHER = Path(__file__).resolve().parents[1] / "weights" / "matcher"  # `--matcher shipped`
-RANDOM_INIT_SEED = 0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 QUERY_KINDS = ("hr", "lr")  # a manifest query: the HR crop, or the LR image upsampled bicubically
 GROUP_BY = ("parent",)  # candidates only from the folder of the query's source
-
-
-# ---------------------------------------------------------------------------------------
-# The matcher network
-# ---------------------------------------------------------------------------------------
-
-
-def _trunk_class():
-    import torch
-    from torch import nn
-
-    class ResNetTrunk(nn.Module):
-        """A torchvision ResNet cut after ``layer{depth}``: images -> feature maps.
-
-        Args:
-            arch (`str`, defaults to ``"resnet34"``): a torchvision ResNet name.
-            depth (`int`, defaults to 3): last residual stage kept (1..4); the output
-                stride is 4 * 2 ** (depth - 1), i.e. 16 for depth 3.
-
-        ``forward``: (B, 3, H, W) float32 RGB in [0, 1] -> (B, C, ceil(H / stride),
-        ceil(W / stride)) float32 (C = 256 for resnet34 at depth 3). ImageNet
-        normalisation happens inside.
-        """
-
-        def __init__(self, arch: str = "resnet34", depth: int = 3, zero_init_residual: bool = False):
-            super().__init__()
-            import torchvision
-
-            if depth not in (1, 2, 3, 4):
-                raise ValueError(f"depth must be 1, 2, 3 or 4, got {depth!r}")
-            if not arch.startswith("resnet") or not hasattr(torchvision.models, arch):
-                raise ValueError(f"unknown torchvision ResNet {arch!r}; e.g. resnet18, resnet34, resnet50")
-            net = getattr(torchvision.models, arch)(weights=None, zero_init_residual=zero_init_residual)
-            self.config = {"_class_name": "ResNetTrunk", "format": MATCHER_FORMAT, "arch": arch, "depth": depth}
-            self.stride = 4 * 2 ** (depth - 1)
-            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-            self.layers = nn.Sequential(*[getattr(net, f"layer{i}") for i in range(1, depth + 1)])
-            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-        def forward(self, x):
-            return self.layers(self.stem((x - self.mean) / self.std))
-
-        def save_pretrained(self, folder) -> None:
-            """Write ``config.json`` and ``model.safetensors`` into ``folder``."""
-            from safetensors.torch import save_file
-
-            from ..io import atomic_path, write_json
-
-            folder = Path(folder)
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(folder / "model.safetensors") as tmp:
-                save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(tmp))
-            write_json(folder / "config.json", self.config)
-
-    return ResNetTrunk
-
-
-def ResNetTrunk(arch: str = "resnet34", depth: int = 3, zero_init_residual: bool = False):
-    """Build a :class:`ResNetTrunk` (see its docstring); torch is imported lazily."""
-    return _trunk_class()(arch=arch, depth=depth, zero_init_residual=zero_init_residual)
-
-
-def _imagenet_state_dict(arch: str) -> dict:
-    """torchvision's ImageNet weights for ``arch`` from the torch hub cache (no download)."""
-    import torch
-    import torchvision
-
-    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    if not target.is_file():
-        raise MissingWeightsError(
-            f"ImageNet {arch} weights are not cached: {target} is missing ({weights.url}); copy that file there, "
-            "or use --matcher none (random) or --matcher FOLDER (a trained matcher)")
-    return torch.load(target, map_location="cpu", weights_only=True)
-
-
-def _load_matcher_folder(path: Path):
-    from ..io import read_json
-    from .embed import load_weights_into
-
-    folder = path if path.is_dir() else path.parent
-    config_path = folder / "config.json"
-    if path.is_file() and path.suffix == ".safetensors" and not config_path.is_file():
-        config = {"arch": "resnet34", "depth": 3}
-    else:
-        config = read_json(config_path)
-        if config.get("format") != MATCHER_FORMAT:
-            raise InputError(f"{config_path}: not a matcher config (format {config.get('format')!r}, want {MATCHER_FORMAT!r})")
-        if config.get("_class_name") == "MatcherNet":  # trunk + projection head, from `refsr train --stage matcher`
-            from ..train.matcher import load_matcher_net
-
-            return load_matcher_net(folder)
-    weights = path if path.is_file() and path.suffix == ".safetensors" else folder / "model.safetensors"
-    return load_weights_into(ResNetTrunk(config.get("arch", "resnet34"), int(config.get("depth", 3))), weights, config)
-
-
-def load_matcher(spec: str = "imagenet", device: str = "cpu", arch: str = "resnet34", depth: int = 3):
-    """The stage-2 feature network for ``spec``, in eval mode on ``device``.
-
-    Args:
-        spec (`str`): ``shipped`` (the trained matcher in ``refsr/weights/matcher``),
-            ``imagenet`` (torchvision weights, cached), ``none`` (random weights,
-            seed 0: the same network in every process), or a trained matcher: a folder
-            with ``config.json`` + ``model.safetensors`` (``ResNetTrunk.save_pretrained``),
-            or a ``.safetensors`` file of a default trunk.
-
-    Returns:
-        A module mapping (B, 3, H, W) float32 [0, 1] to (B, C, H/s, W/s) feature maps,
-        with attributes ``stride`` (s) and ``config``.
-
-    Raises:
-        MissingWeightsError: ``imagenet`` weights not cached. InputError: a bad file.
-    """
-    import torch
-
-    if spec == "shipped":
-        spec = str(SHIPPED_MATCHER)
-    if spec == "imagenet":
-        model = ResNetTrunk(arch, depth)
-        net_sd = _imagenet_state_dict(arch)
-        sd = {k.replace("conv1.", "stem.0.", 1) if k.startswith("conv1.") else k: v for k, v in net_sd.items()}
-        sd = {k.replace("bn1.", "stem.1.", 1) if k.startswith("bn1.") else k: v for k, v in sd.items()}
-        sd = {(f"layers.{int(k[5]) - 1}{k[6:]}" if k.startswith("layer") else k): v for k, v in sd.items()}
-        model.load_state_dict({k: v for k, v in sd.items() if k in model.state_dict()}, strict=True)
-    elif spec == "none":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            model = ResNetTrunk(arch, depth, zero_init_residual=True)
-    elif Path(spec).exists():
-        model = _load_matcher_folder(Path(spec))
-    else:
-        raise InputError(f"matcher {spec!r}: expected shipped, imagenet, none, or a matcher folder/.safetensors file that exists")
-    return model.eval().to(device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -527,6 +388,7 @@ def match_queries(
         MissingWeightsError: CLIP or matcher weights not available offline.
     """
     from ..io import relative_path, select_shard, write_jsonl
+    from ..models.matcher import load_matcher
     from ..progress import progress
     from .embed import Embedder
     from .index import open_index

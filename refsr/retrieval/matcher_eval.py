@@ -38,7 +38,7 @@ class EvalQuery:
 def load_candidates(paths: list[Path], max_side: int | None = 512) -> list[np.ndarray]:
     """Candidate images as (H, W, 3) float32 in [0, 1], longer side at most ``max_side``."""
     from ..io import read_rgb
-    from ..train.matcher import fit_side
+    from ..models.matcher import fit_side
 
     return [fit_side(read_rgb(p), max_side) for p in paths]
 
@@ -81,7 +81,7 @@ def make_queries(images: list[np.ndarray], patch: int, stride: int, per_image: i
 
 def location_accuracy(net, images: list[np.ndarray], queries: list[EvalQuery], patch: int, stride: int,
                       ks=(1, 10), iou: float = 0.5, nms_iou: float = 0.5, device: str = "cpu") -> dict:
-    """Top-k location accuracy of ``net`` (a matcher from :func:`load_matcher`).
+    """Top-k location accuracy of ``net`` (a matcher from :func:`refsr.models.matcher.load_matcher`).
 
     Steps: 1. feature map of each candidate once, pooled window features (integral image)
     L2-normalised; 2. per query: pooled feature, cosine with every window, NMS per image
@@ -120,33 +120,21 @@ def location_accuracy(net, images: list[np.ndarray], queries: list[EvalQuery], p
             "windows": int(sum(len(b) for b, _ in cands))}
 
 
-def load_any_matcher(spec: str, device: str = "cpu", arch: str = "resnet34", depth: int = 3):
-    """:func:`load_matcher` for ``spec``; a trained ``MatcherNet`` folder (trunk + head, from
-    ``refsr train --stage matcher``) is loaded by :func:`refsr.train.matcher.load_matcher_net`."""
-    from ..io import read_json
-    from .match import load_matcher
-
-    config = Path(spec) / "config.json"
-    if spec not in ("imagenet", "none") and config.is_file() and read_json(config).get("_class_name") == "MatcherNet":
-        from ..train.matcher import load_matcher_net
-
-        return load_matcher_net(spec).eval().to(device)
-    return load_matcher(spec, device, arch=arch, depth=depth)
-
-
 def compare_matchers(specs: dict[str, str], paths: list[Path], patch: int = 96, stride: int = 24, scale: int = 4,
                      per_image: int = 2, seed: int = 0, max_side: int | None = 512, device: str = "cpu",
                      depth: int = 3, arch: str = "resnet34") -> dict:
     """Location accuracy of several matchers on the same held-out images and queries.
 
     Args:
-        specs: name -> matcher spec for :func:`load_matcher` (``imagenet``, ``none`` or a
-            folder); ``imagenet``/``none`` are built with ``arch`` and ``depth``.
+        specs: name -> matcher spec for :func:`refsr.models.matcher.load_matcher` (``shipped``,
+            ``imagenet``, ``none`` or a folder); ``imagenet``/``none`` are built with ``arch`` and ``depth``.
 
     Returns:
         name -> :func:`location_accuracy` result, or ``{"unavailable": reason}`` when the
         weights are missing; plus ``"protocol"``: the settings used.
     """
+    from ..models.matcher import load_matcher
+
     images = load_candidates(paths, max_side)
     queries = make_queries(images, patch, stride, per_image, scale, seed)
     out: dict = {"protocol": {"images": len(images), "patch": patch, "stride": stride, "scale": scale,
@@ -154,7 +142,7 @@ def compare_matchers(specs: dict[str, str], paths: list[Path], patch: int = 96, 
                               "degradation": "realesrgan", "depth": depth, "arch": arch}}
     for name, spec in specs.items():
         try:
-            net = load_any_matcher(spec, device, arch=arch, depth=depth)
+            net = load_matcher(spec, device, arch=arch, depth=depth)
         except MissingWeightsError as e:
             out[name] = {"unavailable": str(e)}
             continue

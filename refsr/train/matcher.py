@@ -1,10 +1,10 @@
 """Stage ``matcher``: contrastive training of the stage-2 patch matcher (InfoNCE).
 
-The network is :class:`MatcherNet`: the retrieval trunk (``refsr.retrieval.match``'s
-ResNet trunk, cut after ``layer{depth}``) followed by a per-cell projection head (two
-1x1 convolutions). Because the head acts on every cell of the feature map, ``match``
-pools the projected map over its windows exactly as training pools it over a patch:
-what is trained is what is scored.
+The network is :class:`refsr.models.matcher.MatcherNet`: the retrieval trunk (a ResNet
+cut after ``layer{depth}``) followed by a per-cell projection head (two 1x1 convolutions).
+Because the head acts on every cell of the feature map, ``match`` pools the projected map
+over its windows exactly as training pools it over a patch: what is trained is what is
+scored. This module keeps the pairs, the loss and the stage.
 
 A positive pair (:class:`PositivePairs`) is a clean ``patch`` x ``patch`` fragment of a
 photo and a second fragment of the same photo, shifted by up to ``max_shift`` x patch
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, MissingWeightsError
+from ..models.matcher import EXPORT_DTYPES, MatcherNet, fit_side, load_matcher
 from ..io import read_rgb, write_json
 from ..seeding import rng_for
 from .data import image_paths, split_images
@@ -40,128 +41,42 @@ from .loop import Stage, TrainOptions, claim_run_folder, run_training, save_grid
 
 log = logging.getLogger("refsr.train")
 
-NET_CLASS = "MatcherNet"
-EXPORT_DTYPES = ("float16", "float32")
 # loop options of the matcher stage when the command line leaves them unset
 MATCHER_TRAIN_DEFAULTS = {"batch_size": 32, "lr": 3e-4, "grad_clip": 1.0, "ema_decay": 0.99, "warmup_steps": 50,
                           "lr_schedule": "cosine", "validate_every": 500}
 
 
 # ---------------------------------------------------------------------------------------
-# The network: trunk + per-cell projection head
+# The network to start from (the network itself: refsr.models.matcher.MatcherNet)
 # ---------------------------------------------------------------------------------------
 
 
-class MatcherNet(nn.Module):
-    """ResNet trunk + 1x1-conv projection head: images -> projected feature maps.
-
-    Args:
-        arch (`str`, defaults to ``"resnet34"``): torchvision ResNet of the trunk.
-        depth (`int`, defaults to 3): last residual stage kept (output stride 4 * 2 ** (depth - 1)).
-        head_dim (`int`, defaults to 128): channels of the projected map.
-
-    ``forward``: (B, 3, H, W) float32 RGB in [0, 1] -> (B, head_dim, H / s, W / s) float32
-    (s = ``self.stride``). Attributes ``stride`` and ``config`` as the retrieval trunk's.
-    """
-
-    def __init__(self, arch: str = "resnet34", depth: int = 3, head_dim: int = 128, trunk: nn.Module | None = None):
-        super().__init__()
-        from ..retrieval.match import MATCHER_FORMAT, ResNetTrunk
-
-        if head_dim < 1:
-            raise ValueError(f"head_dim must be >= 1, got {head_dim}")
-        self.trunk = trunk if trunk is not None else ResNetTrunk(arch, depth)
-        was_training = self.trunk.training
-        with torch.no_grad():
-            channels = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
-        self.trunk.train(was_training)
-        self.head = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True), nn.Conv2d(channels, head_dim, 1))
-        self.stride = self.trunk.stride
-        self.config = {"_class_name": NET_CLASS, "format": MATCHER_FORMAT, "arch": arch, "depth": depth,
-                       "head_dim": head_dim}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, P, P) in [0, 1] -> (B, head_dim) L2-normalised mean of the projected map
-        (the same pooling ``match`` applies to a query or a window)."""
-        return F.normalize(self(x).mean(dim=(2, 3)), dim=1)
-
-    def save_pretrained(self, folder, dtype: str = "float16") -> None:
-        """Write ``config.json`` + ``model.safetensors`` (weights cast to ``dtype``)."""
-        from safetensors.torch import save_file
-
-        from ..io import atomic_path
-
-        if dtype not in EXPORT_DTYPES:
-            raise ValueError(f"export dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        sd = {k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v).contiguous().cpu()
-              for k, v in self.state_dict().items()}
-        with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(sd, str(tmp))
-        write_json(folder / "config.json", {**self.config, "weights_dtype": dtype})
-
-
-def load_matcher_net(folder: str | os.PathLike) -> MatcherNet:
-    """A :class:`MatcherNet` from a folder written by ``save_pretrained`` (float32 weights).
-
-    Raises:
-        InputError: not a MatcherNet folder, or weights that do not fit its config.
-    """
-    from ..io import read_json
-    from ..retrieval.embed import load_weights_into
-
-    folder = Path(folder)
-    config = read_json(folder / "config.json")
-    if config.get("_class_name") != NET_CLASS:
-        raise InputError(f"{folder / 'config.json'}: not a {NET_CLASS} config (class {config.get('_class_name')!r})")
-    net = MatcherNet(config.get("arch", "resnet34"), int(config.get("depth", 3)), int(config.get("head_dim", 128)))
-    return load_weights_into(net, folder / "model.safetensors", config)
-
-
 def build_matcher_net(init: str = "imagenet", arch: str = "resnet34", depth: int = 3, head_dim: int = 128) -> MatcherNet:
-    """The network to start training from.
+    """The network to start training from, in train mode.
 
     Args:
-        init (`str`): ``imagenet`` (torchvision weights from the torch hub cache), ``none``
-            (random, seed 0), a :class:`MatcherNet` folder (trunk and head continue; its
-            arch/depth/head_dim win), or a plain trunk folder/``.safetensors`` (the trunk).
+        init (`str`): a :func:`refsr.models.matcher.load_matcher` spec: ``imagenet``
+            (torchvision weights from the torch hub cache), ``none`` (random, seed 0), or a
+            matcher (``shipped``, a folder): one with a projection head continues as it is
+            (its arch/depth/head_dim win); a trunk alone gets a new ``head_dim`` head.
 
     Raises:
         MissingWeightsError: ``imagenet`` weights not cached. InputError: a bad file.
     """
-    from ..retrieval.match import load_matcher
-
-    path = Path(init)
-    if init not in ("imagenet", "none") and (path / "config.json").is_file():
-        from ..io import read_json
-
-        if read_json(path / "config.json").get("_class_name") == NET_CLASS:
-            return load_matcher_net(path).train()
     try:
-        trunk = load_matcher(init, "cpu", arch=arch, depth=depth)
+        start = load_matcher(init, "cpu", arch=arch, depth=depth)
     except MissingWeightsError as e:
         raise MissingWeightsError(f"{e}; to train from scratch pass --init none") from None
-    return MatcherNet(trunk.config.get("arch", arch), int(trunk.config.get("depth", depth)), head_dim, trunk=trunk.train())
+    if start.config.head_dim is not None:
+        return start.train()
+    net = MatcherNet(start.config.arch, start.config.depth, head_dim)
+    net.trunk.load_state_dict(start.trunk.state_dict())
+    return net.train()
 
 
 # ---------------------------------------------------------------------------------------
 # Data: positive pairs
 # ---------------------------------------------------------------------------------------
-
-
-def fit_side(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Downscale (area) an (H, W, 3) image so its longer side is at most ``max_side``."""
-    import cv2
-
-    h, w = rgb.shape[:2]
-    if not max_side or max(h, w) <= max_side:
-        return rgb
-    f = max_side / max(h, w)
-    return cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
 class PositivePairs(torch.utils.data.Dataset):
