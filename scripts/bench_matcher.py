@@ -23,7 +23,7 @@ from pathlib import Path
 
 def held_out_paths(args) -> tuple[list[Path], dict]:
     """Held-out images and the settings of the run that defined them (if any)."""
-    from refsr.train.matcher import image_paths, split_images
+    from refsr.train.data import image_paths, split_images
 
     if args.run:
         split = json.loads((Path(args.run) / "split.json").read_text())

@@ -87,7 +87,8 @@ def bench_clip(device: str, batch: int = 32, batches: int = 3) -> None:
 
 
 def bench_match(device: str, targets: int = 2, candidates: int = 20) -> None:
-    from refsr.retrieval.match import feature_map, load_matcher, score_windows
+    from refsr.models.matcher import load_matcher
+    from refsr.retrieval.match import feature_map, score_windows
 
     net = load_matcher("none", device)
     rng = np.random.default_rng(0)
