@@ -60,6 +60,18 @@ def skimage_photo(name: str) -> np.ndarray:
     return img.astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
 
 
+def _demo_metrics(crop: int, scale: int, notes: list[str]) -> list[str]:
+    """PSNR, SSIM, LPIPS and, when the ``crop`` square less a border of ``scale`` holds the
+    two 96x96 blocks it needs, NIQE (otherwise a note says why it is missing)."""
+    from .metrics.niqe import BLOCK, size_problem
+
+    problem = size_problem(crop, crop, scale)
+    if problem:
+        notes.append(f"NIQE not computed: {problem}; use --crop {2 * BLOCK + 2 * scale} or more")
+        return ["psnr", "ssim", "lpips"]
+    return ["psnr", "ssim", "lpips", "niqe"]
+
+
 def write_photos(out_dir: Path, crop: int) -> tuple[Path, Path]:
     """Write the HR target (a ``crop`` square around the motorcycle) and the references."""
     target = skimage_photo(TARGET)
@@ -198,8 +210,9 @@ def run_demo(
 
     names = ["bicubic", "without_refs", "with_refs"]
     reports = []
+    metrics = _demo_metrics(crop // net.scale * net.scale, net.scale, notes)
     for name in names:
-        ev = evaluate(restored / name, manifest, metrics=["psnr", "ssim", "lpips"], device=dev,
+        ev = evaluate(restored / name, manifest, metrics=metrics, device=dev,
                       protocol="demo: matched fragments of motorcycle_right (+2 distractors)")
         reports.append(write_report(out_dir / f"report_{name}.json", ev))
     loaded = [io.read_json(r) for r in reports]

@@ -1,4 +1,4 @@
-"""`refsr evaluate`: PSNR, SSIM, LPIPS, CLIP-IQA and FID with stated conventions."""
+"""`refsr evaluate`: PSNR, SSIM, LPIPS, CLIP-IQA, NIQE and FID with stated conventions."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ def _parse_names(ctx, param, value):
 @click.option("--pred", type=click.Path(exists=True, path_type=Path), help="Folder of restored images (e.g. the output of `refsr sample`).")
 @click.option("--gt", type=click.Path(exists=True, path_type=Path),
               help="Folder of ground-truth images, or a pair manifest (.jsonl: its hr images; the default crop border is then its scale). "
-              "Without it only no-reference metrics (clipiqa) run.")
+              "Without it only no-reference metrics (clipiqa, niqe) run.")
 @click.option("--metrics", callback=_parse_metrics, default=None, metavar="LIST",
               help=f"Comma-separated subset of {','.join(METRIC_NAMES)} (default: all that apply).")
 @click.option("--crop-border", type=click.IntRange(min=0), default=None,
-              help="Pixels removed on each side for PSNR/SSIM (default: the manifest's scale, else 0).")
+              help="Pixels removed on each side for PSNR/SSIM/NIQE (default: the manifest's scale, else 0).")
 @click.option("--color", type=click.Choice(COLORS), default="y", show_default=True,
               help="PSNR/SSIM on the BT.601 Y channel (MATLAB rgb2ycbcr, as BasicSR) or on RGB.")
 @click.option("--suffix", default="_sr", show_default=True, help="Removed from prediction stems before pairing (stems without it pair as they are).")
@@ -54,13 +54,16 @@ def _parse_names(ctx, param, value):
 @click.argument("reports", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def evaluate(pred, gt, metrics, crop_border, color, suffix, output, csv_path, strict, lpips_net, batch_size, protocol,
              compare, names, device, overwrite, reports):
-    """Score restored images against ground truth: PSNR, SSIM, LPIPS, CLIP-IQA and FID.
+    """Score restored images against ground truth: PSNR, SSIM, LPIPS, CLIP-IQA, NIQE and FID.
 
     Reads the images in --pred and --gt (paired by file stem after removing --suffix;
     every unpaired file is an error, so is a size mismatch). Writes report.json (mean and
     count per metric, every convention used, package versions) and per_image.csv, and
     prints a table. PSNR/SSIM follow BasicSR: 8-bit values, Y channel of BT.601, border
-    crop, SSIM with an 11x11 Gaussian window (sigma 1.5). A metric whose pretrained
+    crop, SSIM with an 11x11 Gaussian window (sigma 1.5). NIQE (no reference, lower is
+    better) follows BasicSR's calculate_niqe, with the pristine parameters shipped in
+    refsr; an image smaller than two 96x96 blocks after the crop is an error with
+    --metrics niqe (NIQE 'not computed' by default). A metric whose pretrained
     weights are not on this machine is reported as unavailable with how to supply them
     (exit 0; exit 1 with --strict). An existing report is shown, not recomputed, unless
     --overwrite.
@@ -72,7 +75,7 @@ def evaluate(pred, gt, metrics, crop_border, color, suffix, output, csv_path, st
     Examples:
       refsr evaluate --pred out/ --gt pairs/hr/ --crop-border 4
       refsr evaluate --pred out/ --gt pairs/manifest.jsonl -o out/report.json --strict
-      refsr evaluate --pred out/ --metrics clipiqa          # no ground truth
+      refsr evaluate --pred out/ --metrics niqe --crop-border 4   # no ground truth
       refsr evaluate --compare ldm/report.json ldm_ca/report.json --names LDM,LDM+CA
     """
     from refsr.errors import InputError

@@ -1,12 +1,16 @@
-"""Benchmark: images/s of PSNR+SSIM (BasicSR conventions, Y channel) on 512x512 pairs.
+"""Benchmark: images/s of PSNR+SSIM and of NIQE (BasicSR conventions, Y channel) on 512x512 images.
 
 Runs :func:`refsr.metrics.fidelity.psnr_ssim` (batched, vectorised torch; float64 as `refsr
 evaluate` uses, and float32) on real
 photos (scikit-image's astronaut and coffee, 512x512) against JPEG-degraded copies, for
-several batch sizes, and scikit-image's per-image loop as a reference point. Prints the
-machine and the figures.
+several batch sizes, and scikit-image's per-image loop as a reference point. Then
+:func:`refsr.metrics.niqe.niqe` on the same predictions (batch 1 and the largest batch size)
+and, when ``basicsr`` can be imported, BasicSR's per-image ``calculate_niqe`` loop on the
+same uint8 images (BasicSR is not a dependency: install it in a separate environment).
+Prints the machine and the figures.
 
     .venv/bin/python scripts/bench_evaluate.py [--images 32] [--batch-sizes 1,8,16] [--threads 2] [--device cpu]
+                                               [--niqe-images 8]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from refsr.metrics import fidelity
+from refsr.metrics import fidelity, niqe
 
 
 def photos(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +75,31 @@ def bench_skimage(pred, gt, n: int, border: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def bench_niqe(pred, batch: int, device: torch.device, border: int) -> float:
+    niqe.niqe(pred[:batch].to(device), border)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(0, len(pred), batch):
+        niqe.niqe(pred[i:i + batch].to(device), border)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(pred) / (time.perf_counter() - start)
+
+
+def bench_basicsr_niqe(pred, border: int) -> float | None:
+    """BasicSR's calculate_niqe over the same images (uint8 BGR HWC), or None if not importable."""
+    try:
+        from basicsr.metrics.niqe import calculate_niqe
+    except ImportError:
+        return None
+    images = [np.ascontiguousarray((p.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)[:, :, ::-1]) for p in pred]
+    start = time.perf_counter()
+    for img in images:
+        calculate_niqe(img, border, input_order="HWC", convert_to="y")
+    return len(images) / (time.perf_counter() - start)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=32)
@@ -78,6 +107,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--crop-border", type=int, default=4)
+    ap.add_argument("--niqe-images", type=int, default=8, help="images for the NIQE figures (0: skip NIQE)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +121,13 @@ def main() -> None:
             print(f"  refsr torch {str(dtype).replace('torch.', ''):>7}, batch {b:>3}: {rate:8.1f} images/s")
     n_ref = min(args.images, 8)
     print(f"  scikit-image loop ({n_ref} pairs): {bench_skimage(pred, gt, n_ref, args.crop_border):8.1f} images/s")
+    if args.niqe_images > 0:
+        sub = pred[:args.niqe_images]
+        print(f"NIQE, Y channel, crop {args.crop_border}, {len(sub)} images of 512x512")
+        for b in sorted({1, max(int(x) for x in args.batch_sizes.split(","))}):
+            print(f"  refsr torch float64, batch {b:>3}: {bench_niqe(sub, b, device, args.crop_border):8.1f} images/s")
+        rate = bench_basicsr_niqe(sub, args.crop_border)
+        print(f"  BasicSR calculate_niqe loop: {rate:8.1f} images/s" if rate else "  BasicSR calculate_niqe loop: basicsr not importable, skipped")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def test_manifest_gt_sets_crop_border_to_scale(folders, tmp_path):
 
 def test_usage_errors_exit_2(folders):
     pred, gt = folders
-    assert run("--pred", pred, "--gt", gt, "--metrics", "psnr,niqe")[0] == 2
+    assert run("--pred", pred, "--gt", gt, "--metrics", "psnr,brisque")[0] == 2  # unknown metric
     code, out = run("--pred", pred, "--metrics", "psnr")  # full-reference metric without --gt
     assert code == 2 and "--gt" in out
     assert run("--pred", pred, "--gt", gt, "--color", "lab")[0] == 2

@@ -27,16 +27,16 @@ from pathlib import Path
 from ..errors import InputError, MissingWeightsError
 from ..io import atomic_open, list_images, read_image, read_json, read_pair_manifest, write_json
 from ..progress import progress
-from . import fidelity, perceptual
+from . import fidelity, niqe, perceptual
 
 log = logging.getLogger("refsr.metrics")
 
 REPORT_FORMAT = "refsr.report/1"
-METRICS = ("psnr", "ssim", "lpips", "clipiqa", "fid")
-NO_REFERENCE = ("clipiqa",)
-PER_IMAGE = ("psnr", "ssim", "lpips", "clipiqa")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "clipiqa": True, "fid": False}
-LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "clipiqa": "CLIP-IQA", "fid": "FID"}
+METRICS = ("psnr", "ssim", "lpips", "clipiqa", "niqe", "fid")
+NO_REFERENCE = ("clipiqa", "niqe")
+PER_IMAGE = ("psnr", "ssim", "lpips", "clipiqa", "niqe")
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "clipiqa": True, "niqe": False, "fid": False}
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "clipiqa": "CLIP-IQA", "niqe": "NIQE", "fid": "FID"}
 
 
 @dataclass
@@ -104,8 +104,8 @@ def pair_images(pred, gt=None, suffix: str = "_sr", crop_border: int | None = No
         gt (`str`, `Path` or `None`): folder of ground truth, or a pair manifest
             (``.jsonl``, its ``hr`` images); ``None`` for no-reference metrics only.
         suffix (`str`, defaults to ``"_sr"``): removed from prediction stems when present.
-        crop_border (`int` or `None`): border for PSNR/SSIM; ``None`` means the manifest's
-            scale, else 0.
+        crop_border (`int` or `None`): border for PSNR/SSIM/NIQE; ``None`` means the
+            manifest's scale, else 0.
 
     Returns:
         The pairs sorted by name, and a dict describing the crop border used.
@@ -115,7 +115,9 @@ def pair_images(pred, gt=None, suffix: str = "_sr", crop_border: int | None = No
     """
     preds = _keyed(list_images(pred), lambda p: strip_suffix(p.stem, suffix), "prediction")
     if gt is None:
-        return [Pair(k, p) for k, p in sorted(preds.items())], {"crop_border": None, "crop_border_source": "no ground truth"}
+        border = crop_border or 0
+        return [Pair(k, p, None, border) for k, p in sorted(preds.items())], {
+            "crop_border": border, "crop_border_source": "option" if crop_border is not None else "default (no ground truth)"}
     gt = Path(gt)
     if gt.suffix.lower() == ".jsonl":
         entries, aliases = _gt_from_manifest(gt)
@@ -205,34 +207,49 @@ def _to_tensor(rgb):
 
 
 def _load_pair(pair: Pair):
-    """Pixels of one pair as (3, H, W) float32 tensors in [0, 1]; checks the sizes match.
+    """Pixels of one pair as (3, H, W) float32 tensors in [0, 1], and whether the
+    prediction file is gray (one channel); checks the sizes match.
 
     Raises:
         InputError: the two images differ in size (both files and sizes named).
     """
-    pred = read_image(pair.pred).rgb
+    image = read_image(pair.pred)
+    pred = image.rgb
     if pair.gt is None:
-        return _to_tensor(pred), None
+        return _to_tensor(pred), None, image.gray
     gt = read_image(pair.gt).rgb
     if pred.shape != gt.shape:
         raise InputError(f"size mismatch for {pair.name!r}: prediction {pair.pred} is {pred.shape[1]}x{pred.shape[0]}, "
                          f"ground truth {pair.gt} is {gt.shape[1]}x{gt.shape[0]} (width x height)")
-    return _to_tensor(pred), _to_tensor(gt)
+    return _to_tensor(pred), _to_tensor(gt), image.gray
 
 
 def _groups(pairs: list[Pair], tensors: list) -> dict[tuple, list[int]]:
-    """Indices of a batch grouped by (image shape, crop border), so each group stacks."""
+    """Indices of a batch grouped by (image shape, crop border, gray), so each group stacks."""
     groups: dict[tuple, list[int]] = {}
-    for i, (pair, (pred, _)) in enumerate(zip(pairs, tensors)):
-        groups.setdefault((tuple(pred.shape), pair.border), []).append(i)
+    for i, (pair, (pred, _, gray)) in enumerate(zip(pairs, tensors)):
+        groups.setdefault((tuple(pred.shape), pair.border, gray), []).append(i)
     return groups
 
 
-def _run_group(metrics, loaded, pred, gt, border, color, fid_feats) -> dict[str, list]:
+def _niqe_values(pred, border: int, gray: bool) -> list[float]:
+    """NIQE of (B, 3, H, W) in [0, 1]: Y channel, or the one channel of gray files (as
+    BasicSR); float64, so MPS images go through the CPU; on CPU a few images per call."""
+    import torch
+
+    dev = pred.device if pred.device.type != "mps" else torch.device("cpu")
+    x = pred[:, :1] if gray else pred
+    chunk = len(x) if dev.type == "cuda" else max(1, 2**18 // (x.shape[-1] * x.shape[-2]))
+    return [v for i in range(0, len(x), chunk) for v in niqe.niqe(x[i:i + chunk].to(dev), border).tolist()]
+
+
+def _run_group(metrics, loaded, pred, gt, border, color, fid_feats, gray=False) -> dict[str, list]:
     """Per-image values of one stacked group: (B, 3, H, W) tensors in [0, 1]."""
     import torch
 
     out: dict[str, list] = {}
+    if "niqe" in metrics:
+        out["niqe"] = _niqe_values(pred, border, gray)
     if "psnr" in metrics or "ssim" in metrics:
         dev = pred.device if pred.device.type != "mps" else torch.device("cpu")  # float64 is not on MPS
         # On CPU, small chunks stay in cache (measured: 1 image of 512x512 per call is fastest).
@@ -260,6 +277,46 @@ def _summary(name: str, values: list[float]) -> dict:
         entry.update(unit="dB", infinite=len(values) - len(finite),
                      mean_of="finite values only: identical pairs (infinite PSNR) are excluded from the mean and counted in 'infinite'")
     return entry
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header (Pillow), decoding it only when
+    Pillow cannot parse it; EXIF rotation is ignored (NIQE's size rule is symmetric)."""
+    try:
+        from PIL import Image as PILImage
+
+        with PILImage.open(path) as im:
+            return int(im.size[1]), int(im.size[0])
+    except Exception:  # not a format Pillow reads: decode it
+        return read_image(path).rgb.shape[:2]
+
+
+def _niqe_refusal(message: str, explicit: bool) -> dict:
+    """An image NIQE cannot score: an error when NIQE was asked for by name, otherwise the
+    'not computed' entry of the report (the other metrics still run)."""
+    if explicit:
+        raise InputError(message)
+    log.warning("NIQE not computed: %s", message)
+    return {"status": "not computed", "reason": message}
+
+
+def _niqe_size_check(pairs: list[Pair], explicit: bool) -> dict | None:
+    """Check every prediction is large enough for NIQE before computing anything."""
+    for pair in pairs:
+        problem = niqe.size_problem(*_image_size(pair.pred), pair.border)
+        if problem:
+            return _niqe_refusal(f"{pair.pred}: {problem}", explicit)
+    return None
+
+
+def _niqe_nan_check(pairs: list[Pair], values: list, explicit: bool) -> dict | None:
+    """NIQE is undefined (NaN) for an image with fewer than 2 textured blocks: never averaged."""
+    bad = [p.pred for p, v in zip(pairs, values) if not math.isfinite(v)]
+    if not bad:
+        return None
+    return _niqe_refusal(f"{bad[0]}: NIQE is undefined (fewer than {niqe.MIN_BLOCKS} of its {niqe.BLOCK}x{niqe.BLOCK} blocks "
+                         f"have both positive and negative normalised coefficients: a flat image?)"
+                         + (f"; {len(bad) - 1} more such image(s)" if len(bad) > 1 else ""), explicit)
 
 
 def _fid_entry(feats) -> dict:
@@ -291,10 +348,13 @@ def versions() -> dict[str, str]:
 
 
 def _settings(crop: dict, color: str, suffix: str, lpips_net: str, protocol, device, weights: dict) -> dict:
-    return {**crop, "crop_applies_to": ["psnr", "ssim"], "color": color,
+    return {**crop, "crop_applies_to": ["psnr", "ssim", "niqe"], "color": color,
             "y_conversion": "ITU-R BT.601, MATLAB rgb2ycbcr: Y = 16 + 65.481 R + 128.553 G + 24.966 B (R, G, B in [0, 1]); not rounded",
             "quantization": "psnr/ssim on 8-bit-rounded values (0-255 scale, peak 255); lpips/clipiqa/fid on the decoded pixels",
             "ssim": "Gaussian window 11x11, sigma 1.5, K1 0.01, K2 0.03, valid windows only, mean over channels (BasicSR)",
+            "niqe": "BasicSR calculate_niqe: 8-bit values, crop border, Y channel (BT.601, rounded; gray files as they are), "
+                    "96x96 blocks, 2 scales (MATLAB bicubic imresize 1/2), pristine MVG of the authors' release; float64 rounded "
+                    "to float32 where BasicSR is float32",
             "lpips_net": lpips_net, "lpips": f"lpips v0.1, net {lpips_net}, RGB in [-1, 1]", "fid": "Inception pool3 features over the whole set, inputs resized to 299x299",
             "suffix": suffix, "reference_protocol": protocol, "device": str(device), "weights": weights}
 
@@ -313,7 +373,9 @@ def evaluate(pred, gt=None, metrics=None, crop_border: int | None = None, color:
 
     Args:
         pred, gt, suffix, crop_border: see :func:`pair_images`.
-        metrics (`list[str]` or `None`): subset of :data:`METRICS`; ``None`` runs all that apply.
+        metrics (`list[str]` or `None`): subset of :data:`METRICS`; ``None`` runs all that apply
+            (NIQE is then 'not computed' if an image is too small or flat for it; asked for
+            by name, that is an error).
         color (`str`, defaults to ``"y"``): PSNR/SSIM on BT.601 ``"y"`` or on ``"rgb"``.
         batch_size (`int`, defaults to 8): images per batch.
         lpips_net (`str`, defaults to ``"alex"``): ``"alex"`` or ``"vgg"``.
@@ -323,6 +385,10 @@ def evaluate(pred, gt=None, metrics=None, crop_border: int | None = None, color:
 
     Returns:
         :class:`Evaluation`; a metric whose weights are missing is ``unavailable`` in it.
+
+    Raises:
+        InputError: unpaired files, a size mismatch, or, with ``niqe`` asked for by name, an
+            image too small for NIQE (file and minimum size named) or flat (NIQE undefined).
     """
     import torch
 
@@ -336,6 +402,9 @@ def evaluate(pred, gt=None, metrics=None, crop_border: int | None = None, color:
         raise ValueError(f"LPIPS net must be one of {', '.join(perceptual.LPIPS_NETS)}; got {lpips_net!r}")
     run, entries = check_metrics(metrics, gt is not None)
     pairs, crop = pair_images(pred, gt, suffix, crop_border)
+    if "niqe" in run and (refused := _niqe_size_check(pairs, metrics is not None)):
+        run.remove("niqe")
+        entries["niqe"] = refused
     device = device if isinstance(device, torch.device) else resolve_device(device)
     loaded, unavailable, weights = load_models(run, lpips_net, device, models)
     values: dict[str, list] = {m: [None] * len(pairs) for m in PER_IMAGE if m in run and m not in unavailable}
@@ -343,12 +412,16 @@ def evaluate(pred, gt=None, metrics=None, crop_border: int | None = None, color:
     for start in progress(range(0, len(pairs), batch_size), desc="evaluate", unit="batch"):
         batch = pairs[start:start + batch_size]
         tensors = [_load_pair(p) for p in batch]
-        for (_, border), idx in _groups(batch, tensors).items():
+        for (_, border, gray), idx in _groups(batch, tensors).items():
             pred_t = torch.stack([tensors[i][0] for i in idx]).to(device)
             gt_t = torch.stack([tensors[i][1] for i in idx]).to(device) if gt is not None else None
-            for name, vals in _run_group(run, loaded, pred_t, gt_t, border, color, fid_feats).items():
+            for name, vals in _run_group(run, loaded, pred_t, gt_t, border, color, fid_feats, gray).items():
                 for i, v in zip(idx, vals):
                     values[name][start + i] = v
+    if "niqe" in values and (refused := _niqe_nan_check(pairs, values["niqe"], metrics is not None)):
+        run.remove("niqe")
+        entries["niqe"] = refused
+        del values["niqe"]
     for name in run:
         entries[name] = ({"status": "unavailable", "reason": unavailable[name]} if name in unavailable
                          else _fid_entry(fid_feats) if name == "fid" else _summary(name, values[name]))
@@ -357,6 +430,8 @@ def evaluate(pred, gt=None, metrics=None, crop_border: int | None = None, color:
               "request": request_of(pred, gt, metrics, crop_border, color, suffix, lpips_net),
               "metrics": {m: entries[m] for m in METRICS if m in entries},
               "settings": _settings(crop, color, suffix, lpips_net, protocol, device, weights), "versions": versions()}
+    if "niqe" in run:
+        report["settings"]["niqe_params"] = niqe.params_record()
     rows = [{"name": p.name, "pred": str(p.pred), "gt": "" if p.gt is None else str(p.gt),
              **{m: values[m][i] for m in values}} for i, p in enumerate(pairs)]
     return Evaluation(report, rows)
@@ -408,7 +483,7 @@ def metric_label(name: str, report: dict) -> str:
     """Row label with its convention and direction, e.g. ``PSNR (Y) ↑``."""
     settings = report.get("settings", {})
     detail = {"psnr": f" ({str(settings.get('color', 'y')).upper()}, dB)", "ssim": f" ({str(settings.get('color', 'y')).upper()})",
-              "lpips": f" ({settings.get('lpips_net', 'alex')})"}.get(name, "")
+              "lpips": f" ({settings.get('lpips_net', 'alex')})", "niqe": " (Y)"}.get(name, "")
     return f"{LABELS[name]}{detail} {'↑' if HIGHER_IS_BETTER[name] else '↓'}"
 
 
