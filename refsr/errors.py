@@ -23,3 +23,9 @@ class MissingWeightsError(RefSRError, FileNotFoundError):
 
 class OutputError(RefSRError, OSError):
     """An output cannot be written (full disk, no permission); the message names the file."""
+
+
+class BadWeightsError(MissingWeightsError):
+    """A weights file exists but cannot be loaded safely (corrupt, of the wrong network, or
+    needing unpickling); the message names the file. A kind of missing weights: the
+    published weights are not available."""

@@ -362,3 +362,92 @@ def test_match_refuses_an_output_made_from_other_queries_index_or_settings(tmp_p
     out.write_text("not json\n")
     with pytest.raises(io.InputError, match=r"m.jsonl:1: invalid JSON .*; the existing output is not a matches file"):
         run()
+
+
+# ---------------------------------------------------------------------------------------
+# 7. weights: never unpickled, never downloaded; a bad metric file costs only that metric
+# ---------------------------------------------------------------------------------------
+
+
+def _plant(path, marker):
+    """A torch checkpoint that runs code when unpickled (it creates ``marker``)."""
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"x": Payload()}, path)
+
+
+def test_bad_or_hostile_metric_weights_make_only_that_metric_unavailable(photo_folder, tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    marker = tmp_path / "pwned"
+    hub, clip = tmp_path / "hub", tmp_path / "home" / ".cache" / "clip"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # must not turn our protection off
+    _plant(hub / "checkpoints" / "alexnet-owt-7be5be79.pth", marker)
+    (hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"\x00corrupt" * 10)
+    _plant(clip / "clipiqa_tokens.pt", marker)
+    (clip / "RN50.pt").write_bytes(b"not torchscript")
+    res = _cli("evaluate", "--pred", photo_folder, "--gt", photo_folder, "--suffix", "",
+               "--metrics", "psnr,lpips,fid,clipiqa", "-o", tmp_path / "report.json")
+    assert res.exit_code == 0, res.output
+    assert not marker.exists()
+    metrics = json.loads((tmp_path / "report.json").read_text())["metrics"]
+    assert metrics["psnr"]["status"] == "ok" and metrics["psnr"]["count"] == 2
+    for name, file in [("lpips", hub / "checkpoints" / "alexnet-owt-7be5be79.pth"),
+                       ("fid", hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"),
+                       ("clipiqa", clip / "clipiqa_tokens.pt")]:
+        assert metrics[name]["status"] == "unavailable"
+        assert metrics[name]["reason"].endswith(
+            f"weights {file} cannot be read as a weights-only checkpoint (UnpicklingError); replace it with the "
+            "published file"), metrics[name]["reason"]
+    (clip / "clipiqa_tokens.pt").unlink()
+    torch.save(torch.tensor([[1, 2], [3, 4]]), clip / "clipiqa_tokens.pt")
+    from refsr.errors import BadWeightsError
+    from refsr.metrics.perceptual import load_clipiqa
+
+    with pytest.raises(BadWeightsError, match=f"CLIP-IQA \\(CLIP RN50\\) weights {clip / 'RN50.pt'} cannot be read "):
+        load_clipiqa()
+
+
+def test_every_torch_load_of_the_metrics_is_weights_only(monkeypatch):
+    import torch
+
+    from refsr.metrics import perceptual
+
+    calls, real = [], torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    perceptual.build_lpips("alex")
+    perceptual.build_lpips("vgg")
+    assert calls and all(c is True for c in calls), calls  # lpips' own loading would not be
+
+
+def test_autoencoder_lpips_never_downloads_and_says_where_the_file_goes(tmp_path, photo_folder, monkeypatch):
+    import torch
+
+    from refsr.errors import MissingWeightsError
+    from refsr.train.autoencoder import AutoencoderStage
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
+    stage = AutoencoderStage(photo_folder, config="tiny", lpips=True, patch_size=32, holdout=0.0)
+    with pytest.raises(MissingWeightsError) as err:
+        stage.module()
+    expected = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    assert str(err.value) == (
+        f"LPIPS (vgg trunk) weights not found: {expected} is missing (no download is attempted); fetch "
+        f"https://download.pytorch.org/models/vgg16-397923af.pth on a machine with network access and copy it to "
+        f"{expected}; or pass --no-lpips to train the autoencoder without the perceptual loss")
+    assert AutoencoderStage(photo_folder, config="tiny", lpips=False, patch_size=32, holdout=0.0).module().lpips == [None]

@@ -6,11 +6,16 @@ would download (torch hub cache, ``~/.cache/clip``) *before* building anything, 
 where to get it. Tests build the same modules with random weights and pass them in.
 
 - LPIPS (Zhang et al. 2018) from the ``lpips`` package, v0.1: its linear layers ship
-  inside the package; the AlexNet/VGG16 trunk is torchvision's ImageNet checkpoint, which
-  we load ourselves with ``torch.load(weights_only=True)``.
+  inside the package; the AlexNet/VGG16 trunk is torchvision's ImageNet checkpoint. This
+  is the one LPIPS loader of refsr (``evaluate`` and the autoencoder's perceptual loss).
 - CLIP-IQA (Wang et al. 2023) from ``piq.CLIPIQA`` (CLIP RN50, "Good photo." vs
-  "Bad photo." anchors), which reads ``~/.cache/clip/RN50.pt`` and
+  "Bad photo." anchors), built from ``~/.cache/clip/RN50.pt`` (TorchScript) and
   ``~/.cache/clip/clipiqa_tokens.pt``.
+
+Every checkpoint is read by us with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`),
+including those the packages would load themselves (lpips' linear layers, piq's tokens), and
+handed over as tensors; a file that cannot be read that way raises
+:class:`refsr.errors.BadWeightsError` naming it.
 - FID (Heusel et al. 2017) on the 2048-d pool features of ``piq``'s FID Inception
   (the TF Inception weights of pytorch-fid), with our own Fréchet distance.
 """
@@ -18,10 +23,11 @@ where to get it. Tests build the same modules with random weights and pass them 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
-from ..errors import MissingWeightsError
+from ..errors import BadWeightsError, MissingWeightsError
 
 LPIPS_NETS = ("alex", "vgg")
 # torchvision ImageNet checkpoints the lpips trunks come from (torch hub cache names).
@@ -66,6 +72,24 @@ def require_weights(path: Path, what: str, url: str) -> Path:
     )
 
 
+def read_checkpoint(path: Path, what: str) -> dict:
+    """A third-party checkpoint, read with ``torch.load(weights_only=True)`` (never unpickled,
+    whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says).
+
+    Raises:
+        BadWeightsError: the file is corrupt or holds more than tensors, naming it.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BadWeightsError(f"{what} weights {path} cannot be read as a weights-only checkpoint "
+                              f"({type(e).__name__}); replace it with the published file") from None
+
+
+
+
 # ---------------------------------------------------------------------------------------
 # LPIPS
 # ---------------------------------------------------------------------------------------
@@ -84,43 +108,62 @@ def _copy_trunk(trunk, state: dict, net: str) -> None:
         for name, param in trunk.named_parameters():
             _, index, kind = name.split(".")
             key = f"features.{index}.{kind}"
-            if key not in state or tuple(state[key].shape) != tuple(param.shape):
-                raise MissingWeightsError(f"LPIPS {net} trunk checkpoint lacks {key} with shape {tuple(param.shape)}: not torchvision's {net} weights")
+            if not isinstance(state, dict) or key not in state or tuple(state[key].shape) != tuple(param.shape):
+                raise BadWeightsError(f"LPIPS ({net} trunk) weights lack {key} with shape {tuple(param.shape)}: "
+                                      f"not torchvision's {net} checkpoint ({hub_checkpoint(LPIPS_BACKBONES[net])})")
             param.copy_(state[key])
+
+
+def lpips_linear_weights(net: str) -> Path:
+    """The v0.1 linear-layer weights that ship inside the ``lpips`` package."""
+    import lpips
+
+    return Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
 
 
 def build_lpips(net: str = "alex", trunk_state: dict | None = None):
     """An ``lpips.LPIPS`` v0.1 model with the package's linear layers and a given trunk.
 
+    The linear layers are read by :func:`read_checkpoint` (lpips' own loading would
+    unpickle them); nothing is downloaded.
+
     Args:
         net (`str`, defaults to ``"alex"``): ``"alex"`` or ``"vgg"``.
         trunk_state (`dict` or `None`): a torchvision AlexNet/VGG16 state dict; ``None``
             leaves the trunk randomly initialised (for tests only: not a metric).
+
+    Raises:
+        BadWeightsError: an unreadable linear-layer file or trunk checkpoint.
     """
     import lpips
 
     _check_lpips_net(net)
     with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" from lpips
         warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
+        model = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    linear, what = lpips_linear_weights(net), f"LPIPS ({net} linear layers)"
+    state = read_checkpoint(linear, what)
+    needed = [k for k in model.state_dict() if re.match(r"lin\d\.", k)]  # ``lins.N`` are the same layers
+    if not isinstance(state, dict) or any(k not in state or state[k].shape != model.state_dict()[k].shape for k in needed):
+        raise BadWeightsError(f"{what} weights {linear}: not lpips' v0.1 {net} linear layers")
+    model.load_state_dict({k: state[k] for k in needed}, strict=False)
     if trunk_state is not None:
         _copy_trunk(model.net, trunk_state, net)
     return model.eval().requires_grad_(False)
 
 
 def load_lpips(net: str = "alex", device="cpu"):
-    """LPIPS with its real weights, from the torch hub cache only.
+    """LPIPS with its real weights, from the torch hub cache only: the one LPIPS loader
+    (``evaluate``, and the autoencoder's perceptual loss with ``net="vgg"``).
 
     Raises:
         MissingWeightsError: the trunk checkpoint (e.g. ``alexnet-owt-7be5be79.pth``) is
-            not in ``<torch hub dir>/checkpoints``.
+            not in ``<torch hub dir>/checkpoints``. BadWeightsError: it is there but unreadable.
     """
-    import torch
-
     _check_lpips_net(net)
-    path = require_weights(hub_checkpoint(LPIPS_BACKBONES[net]), f"LPIPS ({net} trunk)", LPIPS_BACKBONES[net])
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return build_lpips(net, state).to(device)
+    what = f"LPIPS ({net} trunk)"
+    path = require_weights(hub_checkpoint(LPIPS_BACKBONES[net]), what, LPIPS_BACKBONES[net])
+    return build_lpips(net, read_checkpoint(path, what)).to(device)
 
 
 def lpips_distance(model, pred, gt):
@@ -147,17 +190,37 @@ def lpips_distance(model, pred, gt):
 
 
 def load_clipiqa(device="cpu"):
-    """``piq.CLIPIQA`` (data range 1) from the files it caches in ``~/.cache/clip``.
+    """``piq.CLIPIQA`` (data range 1) from the files piq caches in ``~/.cache/clip``, read by
+    us: the CLIP RN50 TorchScript archive with ``torch.jit.load`` (no Python unpickling) and
+    the prompt tokens with :func:`read_checkpoint`, handed to piq's constructor in place of
+    its own loaders (which would download, and unpickle the tokens).
 
     Raises:
-        MissingWeightsError: ``RN50.pt`` or ``clipiqa_tokens.pt`` is missing there (piq
-            would otherwise try to download them).
+        MissingWeightsError: ``RN50.pt`` or ``clipiqa_tokens.pt`` is missing there.
+        BadWeightsError: one of them is there but unreadable.
     """
-    import piq
+    from unittest import mock
 
-    require_weights(clip_cache_dir() / "RN50.pt", "CLIP-IQA (CLIP RN50)", CLIPIQA_MODEL_URL)
-    require_weights(clip_cache_dir() / "clipiqa_tokens.pt", "CLIP-IQA (prompt tokens)", CLIPIQA_TOKENS_URL)
-    return piq.CLIPIQA(data_range=1.0).to(device).eval()
+    import piq
+    import piq.clip_iqa
+    import torch
+    from piq.feature_extractors import clip as piq_clip
+
+    model_path = require_weights(clip_cache_dir() / "RN50.pt", "CLIP-IQA (CLIP RN50)", CLIPIQA_MODEL_URL)
+    tokens_path = require_weights(clip_cache_dir() / "clipiqa_tokens.pt", "CLIP-IQA (prompt tokens)", CLIPIQA_TOKENS_URL)
+    tokens = read_checkpoint(tokens_path, "CLIP-IQA (prompt tokens)")
+    if not torch.is_tensor(tokens) or tokens.dtype not in (torch.int32, torch.int64) or tokens.dim() != 2:
+        raise BadWeightsError(f"CLIP-IQA (prompt tokens) weights {tokens_path}: expected a 2-d integer tensor of tokens")
+    try:
+        with open(model_path, "rb") as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            clip = piq_clip.build_model(torch.jit.load(f, map_location="cpu").state_dict()).float().eval()
+    except Exception as e:
+        raise BadWeightsError(f"CLIP-IQA (CLIP RN50) weights {model_path} cannot be read as piq's TorchScript CLIP "
+                              f"({type(e).__name__})") from None
+    with mock.patch.object(piq.clip_iqa.clip, "load", lambda: clip), \
+            mock.patch.object(piq.clip_iqa, "download_tensor", lambda *a, **k: tokens):
+        return piq.CLIPIQA(data_range=1.0).to(device).eval()
 
 
 def clipiqa_score(model, images):
@@ -205,12 +268,15 @@ def load_fid_inception(device="cpu"):
 
     Raises:
         MissingWeightsError: ``pt_inception-2015-12-05-6726825d.pth`` is not in
-            ``<torch hub dir>/checkpoints``.
+            ``<torch hub dir>/checkpoints``. BadWeightsError: it is there but unreadable.
     """
-    import torch
-
     path = require_weights(hub_checkpoint(FID_INCEPTION_URL), "FID (Inception)", FID_INCEPTION_URL)
-    return build_fid_inception(torch.load(path, map_location="cpu", weights_only=True)).to(device)
+    state = read_checkpoint(path, "FID (Inception)")
+    try:
+        return build_fid_inception(state).to(device)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as e:
+        raise BadWeightsError(f"FID (Inception) weights {path} do not fit the network "
+                              f"({str(e).strip().splitlines()[0][:120]})") from None
 
 
 def inception_features(model, images):

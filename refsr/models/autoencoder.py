@@ -13,14 +13,11 @@ without that file (older refsr folders, diffusers' LDM-SR) has scale 1, quantise
 from __future__ import annotations
 
 import inspect
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-
-log = logging.getLogger("refsr.models")
 
 
 def build_vqvae(config: dict):
@@ -142,39 +139,3 @@ class PatchDiscriminator(nn.Module):
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Hinge loss of the discriminator (VQGAN, Esser et al. 2021, eq. 4)."""
     return 0.5 * (torch.relu(1.0 - real_logits).mean() + torch.relu(1.0 + fake_logits).mean())
-
-
-def load_lpips(device) -> nn.Module | None:
-    """The LPIPS (VGG) perceptual loss, or None when its weights are not available offline.
-
-    The reason is logged once; training then uses L1 + codebook losses only.
-    """
-    try:
-        import warnings
-
-        import lpips
-
-        with _quiet_stdout(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = lpips.LPIPS(net="vgg", verbose=False)
-    except Exception as e:  # no torchvision VGG weights in the cache, no network
-        log.warning("LPIPS perceptual loss unavailable (%s: %s); training with L1 + codebook losses only. "
-                    "Put vgg16-397923af.pth in the torch hub cache (~/.cache/torch/hub/checkpoints) to enable it.",
-                    type(e).__name__, str(e).splitlines()[0][:120] if str(e) else "")
-        return None
-    model.eval().requires_grad_(False)
-    return model.to(device)
-
-
-class _quiet_stdout:
-    """Silence prints from third-party constructors (lpips prints on load)."""
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self._ctx = contextlib.redirect_stdout(io.StringIO())
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)

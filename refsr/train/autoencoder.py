@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..models.autoencoder import (LatentSpec, PatchDiscriminator, build_vqvae, hinge_d_loss, latent_statistics,
-                                  load_lpips, vq_downsampling, write_latent_spec)
+                                  vq_downsampling, write_latent_spec)
 from ..io import read_rgb
 from ..models.ldm import load_config
 from .data import CropDataset, image_paths, split_images
@@ -109,6 +109,23 @@ def reconstruction_metrics(vqvae, images: list[np.ndarray], device="cpu", border
     return {"images": len(images), **{k: {"psnr": round(v[0] / n, 4), "ssim": round(v[1] / n, 5)} for k, v in sums.items()}}
 
 
+def perceptual_loss() -> nn.Module:
+    """LPIPS-VGG for the perceptual loss, from refsr's one LPIPS loader (never downloads).
+
+    Raises:
+        MissingWeightsError: the VGG16 checkpoint is not in the torch hub cache; the message
+            says where to put it, or to pass ``--no-lpips``.
+    """
+    from ..errors import BadWeightsError, MissingWeightsError
+    from ..metrics.perceptual import load_lpips
+
+    try:
+        return load_lpips("vgg", "cpu")
+    except MissingWeightsError as e:
+        kind = BadWeightsError if isinstance(e, BadWeightsError) else MissingWeightsError
+        raise kind(f"{e}; or pass --no-lpips to train the autoencoder without the perceptual loss") from None
+
+
 class AutoencoderStage(Stage):
     """Train a ``VQModel`` from a config on crops of a folder of images or a pair manifest.
 
@@ -143,7 +160,7 @@ class AutoencoderStage(Stage):
         return self.data
 
     def module(self):
-        lpips = load_lpips("cpu") if self.use_lpips and self.cfg["train"]["lpips_weight"] > 0 else None
+        lpips = perceptual_loss() if self.use_lpips and self.cfg["train"]["lpips_weight"] > 0 else None
         module = AutoencoderModule(self.vqvae, self.cfg["train"], lpips)
         return module
 
