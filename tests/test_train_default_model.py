@@ -1,0 +1,68 @@
+"""scripts/train_default_model.sh rehearsed at tiny size on the CPU: the GPU command, stage by
+stage, on fake "birds" made of scikit-image photos (issue 13: GPU minutes go to training only)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refsr.io import read_json, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["astronaut", "coffee", "chelsea", "motorcycle_left", "motorcycle_right"]
+
+
+def _fake_data(root: Path) -> Path:
+    """2 species x 5 photos (128 px crops of different photos) and 3 general photos."""
+    import cv2
+
+    from refsr.demo import skimage_photo
+
+    for s, species in enumerate(["Sp_A", "Sp_B"]):
+        for i in range(5):
+            img = skimage_photo(NAMES[(i + s) % 5])
+            y, x = (i * 13) % (img.shape[0] - 128), (i * 29) % (img.shape[1] - 128)
+            write_image(root / "birds" / species / f"{species}_{i}.png", img[y : y + 128, x : x + 128])
+    for name in NAMES[:3]:
+        write_image(root / "general" / "Set" / f"{name}.png",
+                    cv2.resize(skimage_photo(name), (160, 128), interpolation=cv2.INTER_AREA))
+    return root
+
+
+@pytest.mark.slow
+def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
+    data = _fake_data(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DATA": str(data), "PACK": str(tmp_path / "pack"),
+           "WORK": str(tmp_path / "work"), "RESULTS": str(tmp_path / "results"), "DEVICE": "cpu", "CONFIG": "tiny",
+           "CROP": "64", "BATCH": "2", "WORKERS": "0", "AE_STEPS": "2", "STEPS": "2", "SAMPLE_STEPS": "2",
+           "AE_MAX_MINUTES": "0", "MAX_MINUTES": "0", "AE_HOLDOUT": "0.3", "PYTHON": sys.executable,
+           "METRICS": "psnr,ssim",  # NIQE needs 200 px crops (2 blocks of 96 after the border)
+           "REFSR": f"{sys.executable} -m refsr_cli"}
+    stages = "pack pairs retrieval autoencoder diffusion eval export"
+    run = subprocess.run(["bash", "scripts/train_default_model.sh", *stages.split()], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = tmp_path / "results"
+    pack = read_json(tmp_path / "pack" / "pack.json")
+    assert pack["test"] == 4 and pack["val"] == 2 and pack["test_general"] >= 1  # 2 test + 1 val per species
+    table = (results / "table.txt").read_text()
+    assert "fair: both models made 2 optimizer steps" in table
+    for row in ("Autoencoder ceiling", "LDM+CA no refs", "LDM+CA start 0.5", "PSNR"):
+        assert row in table
+    ae = read_json(results / "autoencoder_eval.json")
+    assert ae["images"] >= 1 and ae["border"] == 4
+    meta = read_json(results / "default_model" / "refsr.json")
+    assert meta["kind"] == "ldm-ca" and meta["prediction_type"] == "v_prediction"
+    assert meta["recipe"]["min_snr_gamma"] == 5.0 and meta["latent_scale"] != 1.0
+    from safetensors.torch import load_file
+
+    unet = load_file(str(results / "default_model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {str(v.dtype) for v in unet.values() if v.is_floating_point()} == {"torch.float16"}
+    from refsr.models import RefSRModel
+
+    model = RefSRModel.from_pretrained(results / "default_model")
+    assert model.latent.scale == meta["latent_scale"]
