@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .errors import InputError, ManifestError
+from .errors import InputError, ManifestError, OutputError, RefSRError
 
 def _quiet_opencv() -> None:
     """OpenCV prints its own warnings for corrupt files on stderr; refsr reports them itself
@@ -131,9 +131,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, file_mode())  # again: a library may have recreated it (safetensors: 0600)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and not isinstance(e, RefSRError):  # a full disk, no permission: name the file
+            raise OutputError(f"{path}: cannot write it ({e.strerror or e})") from None
         raise
 
 
@@ -351,6 +353,31 @@ def read_image(path: str | os.PathLike) -> Image:
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Shortcut: the (H, W, 3) float32 RGB pixels in [0, 1] of an image file."""
     return read_image(path).rgb
+
+
+def image_to_tensor(rgb: np.ndarray, value_range: tuple[float, float] = (0.0, 1.0), device=None,
+                    batch: bool = False):
+    """The one numpy-image-to-torch conversion.
+
+    Args:
+        rgb: (H, W, C) float32 in [0, 1].
+        value_range: the range the tensor's values are mapped to: ``(0, 1)`` (metrics, the
+            matcher) or ``(-1, 1)`` (the VQ autoencoder and the U-Net).
+        device: where the tensor goes (default: the CPU).
+        batch: add a leading batch axis.
+
+    Returns:
+        (C, H, W), or (1, C, H, W) with ``batch``, float32 in ``value_range``; never sharing
+        memory with ``rgb``.
+    """
+    import torch
+
+    x = torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))
+    lo, hi = value_range
+    if (lo, hi) != (0, 1):
+        x = x * (hi - lo) + lo
+    x = x[None] if batch else x
+    return x if device is None else x.to(device)
 
 
 def to_uint(rgb: np.ndarray, bit_depth: int = 8) -> np.ndarray:
@@ -620,6 +647,8 @@ def read_pair_manifest(path: str | os.PathLike, check_files: bool = True) -> lis
         if rec["id"] in seen:
             raise ManifestError(f"{where}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
         seen[rec["id"]] = rec["_line"]
+        if rec["scale"] < 1:
+            raise ManifestError(f"{where}: field 'scale' must be a positive integer, got {rec['scale']}")
         for key in ("hr", "lr"):
             rec[f"{key}_path"] = resolve_path(path, rec[key])
             if check_files and not rec[f"{key}_path"].is_file():

@@ -305,3 +305,27 @@ def test_replace_dir_publishes_with_umask_modes_and_swaps(tmp_path, umask):
     assert [p.name for p in (tmp_path / "model").iterdir()] == ["sub"]
     assert _mode(tmp_path / "model" / "sub") == 0o777 & ~umask
     assert _mode(tmp_path / "model" / "sub" / "w.safetensors") == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------------------------------
+# image_to_tensor: the one numpy -> torch conversion
+# ---------------------------------------------------------------------------------------
+
+
+def test_image_to_tensor_ranges_layout_and_ownership():
+    import torch
+
+    rgb = np.random.default_rng(0).random((5, 7, 3), dtype=np.float32)
+    x = io.image_to_tensor(rgb)
+    assert x.shape == (3, 5, 7) and x.dtype == torch.float32
+    assert torch.equal(x, torch.from_numpy(rgb).permute(2, 0, 1))
+    y = io.image_to_tensor(rgb, (-1, 1), device="cpu", batch=True)
+    assert y.shape == (1, 3, 5, 7)
+    assert torch.equal(y[0], torch.from_numpy(rgb).permute(2, 0, 1) * 2.0 - 1.0)  # the U-Net's [-1, 1], bit for bit
+    assert float(io.image_to_tensor(np.ones((1, 1, 3), np.float32), (-1, 1)).max()) == 1.0
+    flipped = rgb[:, ::-1]  # a negative-stride view is fine, and the tensor never aliases the array
+    z = io.image_to_tensor(flipped)
+    assert torch.equal(z, torch.from_numpy(flipped.copy()).permute(2, 0, 1))
+    before = rgb.copy()
+    io.image_to_tensor(rgb).add_(1)
+    assert np.array_equal(rgb, before)

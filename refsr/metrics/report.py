@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import InputError, MissingWeightsError
-from ..io import atomic_open, list_images, read_image, read_json, read_pair_manifest, write_json
+from ..io import atomic_open, image_to_tensor, list_images, read_image, read_json, read_pair_manifest, write_json
 from ..progress import progress
 from . import fidelity, niqe, perceptual
 
@@ -199,13 +199,6 @@ def load_models(metrics, lpips_net: str, device, models: dict | None = None) -> 
     return loaded, unavailable, weights
 
 
-def _to_tensor(rgb):
-    """(H, W, 3) float32 in [0, 1] -> (3, H, W) tensor."""
-    import torch
-
-    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
-
-
 def _load_pair(pair: Pair):
     """Pixels of one pair as (3, H, W) float32 tensors in [0, 1], and whether the
     prediction file is gray (one channel); checks the sizes match.
@@ -216,12 +209,12 @@ def _load_pair(pair: Pair):
     image = read_image(pair.pred)
     pred = image.rgb
     if pair.gt is None:
-        return _to_tensor(pred), None, image.gray
+        return image_to_tensor(pred), None, image.gray
     gt = read_image(pair.gt).rgb
     if pred.shape != gt.shape:
         raise InputError(f"size mismatch for {pair.name!r}: prediction {pair.pred} is {pred.shape[1]}x{pred.shape[0]}, "
                          f"ground truth {pair.gt} is {gt.shape[1]}x{gt.shape[0]} (width x height)")
-    return _to_tensor(pred), _to_tensor(gt), image.gray
+    return image_to_tensor(pred), image_to_tensor(gt), image.gray
 
 
 def _groups(pairs: list[Pair], tensors: list) -> dict[tuple, list[int]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,30 +235,28 @@ def feature_map(net, rgb: np.ndarray, device) -> np.ndarray:
     """(H, W, 3) float32 [0, 1] image -> (C, h, w) float32 feature map of the matcher."""
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device)
+    from ..io import image_to_tensor
+
     with torch.no_grad():
-        return net(x)[0].float().cpu().numpy()
+        return net(image_to_tensor(rgb, device=device, batch=True))[0].float().cpu().numpy()
 
 
 class _FeatureCache:
-    """Feature maps of candidate images, computed once per image (LRU of ``size``)."""
+    """Feature maps of candidate images, computed once per image (the ``size`` most recently used kept)."""
 
     def __init__(self, net, device, size: int = 64):
-        self.net, self.device, self.size = net, device, size
-        self._maps: OrderedDict = OrderedDict()
+        from ..cache import LRUCache
+
+        self.net, self.device, self._maps = net, device, LRUCache(size)
 
     def get(self, key, path: Path) -> tuple[np.ndarray, int, int]:
         from ..io import read_rgb
 
-        if key in self._maps:
-            self._maps.move_to_end(key)
-            return self._maps[key]
-        rgb = read_rgb(path)
-        value = (feature_map(self.net, rgb, self.device), rgb.shape[1], rgb.shape[0])
-        self._maps[key] = value
-        if len(self._maps) > self.size:
-            self._maps.popitem(last=False)
-        return value
+        def compute():
+            rgb = read_rgb(path)
+            return feature_map(self.net, rgb, self.device), rgb.shape[1], rgb.shape[0]
+
+        return self._maps.get(key, compute)
 
 
 @dataclass

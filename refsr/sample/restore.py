@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, RefSRError
-from ..io import (Image, list_images, read_image, read_json, read_pair_manifest, safe_name, select_shard,
-                  write_json, write_like)
+from ..io import (Image, image_to_tensor, list_images, read_image, read_json, read_pair_manifest, safe_name,
+                  select_shard, write_json, write_like)
 from ..progress import progress
 from .core import SampleSettings, restore_tensor
 from .references import Fragment, MatchTable, load_global_refs, load_match_refs
@@ -92,20 +92,13 @@ def output_paths(items: list[InputItem], out_dir: Path, suffix: str) -> list[Pat
     return outs
 
 
-def _to_tensor(rgb: np.ndarray, device):
-    """(H, W, 3) float32 in [0, 1] -> (1, 3, H, W) float32 in [-1, 1] on ``device``."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device) * 2.0 - 1.0
-
-
 def _refs_tensor(frags: list[Fragment], device):
     """Fragments -> (1, R, 3, S, S) float32 in [-1, 1], or None for no fragments."""
     import torch
 
     if not frags:
         return None
-    return torch.stack([_to_tensor(f.pixels, device)[0] for f in frags])[None]
+    return torch.stack([image_to_tensor(f.pixels, (-1, 1), device) for f in frags])[None]
 
 
 def outscale_image(rgb: np.ndarray, lr_size: tuple[int, int], outscale: float | None) -> np.ndarray:
@@ -311,7 +304,7 @@ def _restore_one(model, item: InputItem, image: Image, frags, settings, seed, de
     from ..seeding import torch_generator_for
 
     generator = torch_generator_for(seed, item.path.stem)
-    lr = _to_tensor(image.rgb, device)
+    lr = image_to_tensor(image.rgb, (-1, 1), device, batch=True)
     refs = _refs_tensor(frags, device)
     try:
         out = restore_tensor(model, lr, refs, settings=settings, generator=generator)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..models.autoencoder import (LatentSpec, PatchDiscriminator, build_vqvae, hinge_d_loss, latent_statistics,
                                   vq_downsampling, write_latent_spec)
-from ..io import read_rgb
+from ..io import image_to_tensor, read_rgb
 from ..models.ldm import load_config
 from .data import CropDataset, image_paths, split_images
 from .loop import Stage, save_grid
@@ -38,17 +38,27 @@ class AutoencoderModule(nn.Module):
     """VQModel (+ discriminator) with ``forward(batch, generator) -> (loss, logs)``.
 
     ``batch["hr"]``: (B, 3, P, P) float32 in [-1, 1]; ``batch["step"]``: optimizer step.
+    ``decode``: ``"quantized"`` (the decoder sees the codebook vectors, LDM-SR) or
+    ``"continuous"`` (it sees the encoder's latent; the codebook losses still pull the
+    latents towards the codebook, which keeps them bounded).
     """
 
-    def __init__(self, vqvae, train_cfg: dict, lpips=None):
+    def __init__(self, vqvae, train_cfg: dict, lpips=None, decode: str = "quantized"):
         super().__init__()
-        self.vqvae, self.cfg = vqvae, train_cfg
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode {decode!r} is not one of {', '.join(DECODE_MODES)}")
+        self.vqvae, self.cfg, self.decode = vqvae, train_cfg, decode
         self.lpips = [lpips]  # a list keeps it out of parameters() and state_dict()
         self.disc = PatchDiscriminator() if train_cfg["disc_start"] >= 0 else None
 
     def forward(self, batch: dict, generator=None):
         hr = batch["hr"]
-        rec, commit = self.vqvae(hr, return_dict=False)
+        h = self.vqvae.encode(hr).latents
+        if self.decode == "continuous":
+            _, commit, _ = self.vqvae.quantize(h)
+            rec = self.vqvae.decode(h, force_not_quantize=True).sample
+        else:
+            rec, commit = self.vqvae.decode(h, return_dict=False)
         l1 = (rec - hr).abs().mean()
         loss = l1 + self.cfg["commit_weight"] * commit.mean()
         logs = {"l1": l1.detach(), "commit": commit.mean().detach()}
@@ -68,6 +78,7 @@ class AutoencoderModule(nn.Module):
         return loss, logs
 
 
+DECODE_MODES = ("quantized", "continuous")
 EVAL_BORDER = 4
 EVAL_FORMAT = "refsr.autoencoder-eval/1"
 
@@ -97,7 +108,7 @@ def reconstruction_metrics(vqvae, images: list[np.ndarray], device="cpu", border
 
     sums = {"quantized": [0.0, 0.0], "continuous": [0.0, 0.0]}
     for rgb in images:
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device) * 2 - 1
+        x = image_to_tensor(rgb, (-1, 1), device, batch=True)
         h = vqvae.encode(x).latents
         gt = (x + 1) / 2
         for name, skip in (("quantized", False), ("continuous", True)):
@@ -131,12 +142,17 @@ class AutoencoderStage(Stage):
 
     ``holdout`` (fraction, by image) or ``val`` (a folder or manifest) gives the held-out
     images of the evaluation (at most ``val_images``, centred squares of ``eval_size``).
+    ``init_from`` starts from a trained VQ (an autoencoder run, a model folder or a
+    ``VQModel`` folder); ``decoder_only`` freezes the encoder and the codebook, so the
+    latents (and any denoiser trained on them) stay valid; ``decode`` as
+    :class:`AutoencoderModule`.
     """
 
     name = "autoencoder"
 
     def __init__(self, data, config="small", seed: int = 0, patch_size: int | None = None, lpips: bool = True,
-                 holdout: float = 0.0, val=None, val_images: int = 64, eval_size: int = 256):
+                 holdout: float = 0.0, val=None, val_images: int = 64, eval_size: int = 256, init_from=None,
+                 decoder_only: bool = False, decode: str = "quantized"):
         self.cfg = load_config(config)
         self.patch = patch_size or self.cfg["patch_size"]
         paths, root = image_paths(data)

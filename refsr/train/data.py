@@ -19,30 +19,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io import IMAGE_EXTENSIONS, list_images, read_matches, read_pair_manifest, read_rgb
+from ..cache import LRUCache
+from ..io import IMAGE_EXTENSIONS, image_to_tensor, list_images, read_matches, read_pair_manifest, read_rgb
 from ..seeding import rng_for
 
 log = logging.getLogger("refsr.train")
-
-
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) float32 in [0, 1] -> (3, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))) * 2.0 - 1.0
-
-
-class BoundedCache:
-    """Decoded images kept in memory (per data-loader worker), oldest dropped first."""
-
-    def __init__(self, size: int):
-        self.size, self._items = size, {}
-
-    def get(self, key, load):
-        """The cached value for ``key``, or ``load()`` stored under it."""
-        if key not in self._items:
-            if len(self._items) > self.size:
-                self._items.pop(next(iter(self._items)))
-            self._items[key] = load()
-        return self._items[key]
 
 
 def _pad_to(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -126,7 +107,7 @@ class CropDataset(torch.utils.data.Dataset):
         if not self.paths:
             raise InputError("no training images")
         self.patch, self.seed = patch_size, seed
-        self._cache = BoundedCache(256)
+        self._cache = LRUCache(256)
 
     def __len__(self):
         return len(self.paths)
@@ -142,7 +123,7 @@ class CropDataset(torch.utils.data.Dataset):
         crop = img[y : y + self.patch, x : x + self.patch]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        return {"hr": to_tensor(crop.copy())}
+        return {"hr": image_to_tensor(crop, (-1, 1))}
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -167,7 +148,7 @@ class PairDataset(torch.utils.data.Dataset):
         if patch_size % scale:
             raise InputError(f"patch size {patch_size} is not a multiple of the scale {scale}")
         self.refs = _index_matches(matches, self.pairs, manifest) if matches else {}
-        self._cache = BoundedCache(512)
+        self._cache = LRUCache(512)
 
     def __len__(self):
         return len(self.pairs)
@@ -202,7 +183,7 @@ class PairDataset(torch.utils.data.Dataset):
             return refs, mask
         n = int(rng.integers(1, min(self.max_refs, len(cands)) + 1))
         for j, k in enumerate(rng.permutation(len(cands))[:n]):
-            refs[j] = to_tensor(self._fragment(cands[k]))
+            refs[j] = image_to_tensor(self._fragment(cands[k]), (-1, 1))
             mask[j] = True
         return refs, mask
 
@@ -214,10 +195,10 @@ class PairDataset(torch.utils.data.Dataset):
         hr = _pad_to(hr, p)
         lh, lw = hr.shape[0] // s, hr.shape[1] // s
         y, x = int(rng.integers(lh - p // s + 1)), int(rng.integers(lw - p // s + 1))
-        item = {"hr": to_tensor(hr[y * s : y * s + p, x * s : x * s + p].copy()), "index": i}
+        item = {"hr": image_to_tensor(hr[y * s : y * s + p, x * s : x * s + p], (-1, 1)), "index": i}
         if lr is not None:
             lr = _pad_to(lr, p // s)
-            item["lr"] = to_tensor(lr[y : y + p // s, x : x + p // s].copy())
+            item["lr"] = image_to_tensor(lr[y : y + p // s, x : x + p // s], (-1, 1))
         else:  # degraded on the fly by the trainer, with parameters drawn from this key
             item["degrade_key"] = f"sample-{g}"
         item["refs"], item["ref_mask"] = self._references(self.pairs[i]["id"], rng)

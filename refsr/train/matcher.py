@@ -34,7 +34,8 @@ from torch import nn
 
 from ..errors import InputError, MissingWeightsError
 from ..models.matcher import EXPORT_DTYPES, MatcherNet, fit_side, load_matcher
-from ..io import read_rgb, write_json
+from ..cache import LRUCache
+from ..io import image_to_tensor, read_rgb, write_json
 from ..seeding import rng_for
 from .data import image_paths, split_images
 from .loop import Stage, TrainOptions, claim_run_folder, run_training, save_grid
@@ -90,13 +91,13 @@ class PositivePairs(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: list[Path], patch: int, seed: int = 0, max_shift: float = 0.25, max_side: int | None = 512):
-        from .data import BoundedCache, _pad_to
+        from .data import _pad_to
 
         if not paths:
             raise InputError("no training images")
         self.paths, self.patch, self.seed, self.max_shift, self.max_side = list(paths), patch, seed, max_shift, max_side
         self._pad = _pad_to
-        self._cache = BoundedCache(256)
+        self._cache = LRUCache(256)
 
     def __len__(self):
         return len(self.paths)
@@ -105,8 +106,6 @@ class PositivePairs(torch.utils.data.Dataset):
         return self._cache.get(i, lambda: self._pad(fit_side(read_rgb(self.paths[i]), self.max_side), self.patch))
 
     def __getitem__(self, g: int) -> dict:
-        from .data import to_tensor
-
         rng = rng_for(self.seed, "matcher-sample", g)
         img = self.image(int(rng.integers(len(self.paths))))
         (h, w), p = img.shape[:2], self.patch
@@ -117,8 +116,7 @@ class PositivePairs(torch.utils.data.Dataset):
         ref, query = img[y : y + p, x : x + p], img[qy : qy + p, qx : qx + p]
         if rng.random() < 0.5:
             ref, query = ref[:, ::-1], query[:, ::-1]
-        as01 = lambda a: (to_tensor(a.copy()) + 1) / 2  # noqa: E731
-        return {"ref": as01(ref), "query": as01(query), "degrade_key": f"matcher-{g}"}
+        return {"ref": image_to_tensor(ref), "query": image_to_tensor(query), "degrade_key": f"matcher-{g}"}
 
 
 # ---------------------------------------------------------------------------------------
