@@ -451,3 +451,85 @@ def test_autoencoder_lpips_never_downloads_and_says_where_the_file_goes(tmp_path
         f"https://download.pytorch.org/models/vgg16-397923af.pth on a machine with network access and copy it to "
         f"{expected}; or pass --no-lpips to train the autoencoder without the perceptual loss")
     assert AutoencoderStage(photo_folder, config="tiny", lpips=False, patch_size=32, holdout=0.0).module().lpips == [None]
+
+
+# ---------------------------------------------------------------------------------------
+# 8. smaller points
+# ---------------------------------------------------------------------------------------
+
+
+def _tiny_training_state():
+    import torch
+
+    from refsr.train.loop import EMA
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=0.1)
+    module(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    return module, optimizer, EMA(module.parameters(), 0.9)
+
+
+def test_resume_skips_a_damaged_checkpoint_and_names_it(tmp_path, caplog):
+    from refsr.errors import InputError
+    from refsr.train.loop import resume_from, save_checkpoint
+
+    module, optimizer, ema = _tiny_training_state()
+    for step in (1, 2):
+        save_checkpoint(tmp_path / "checkpoints", module, optimizer, ema, step, keep=3)
+    newest = tmp_path / "checkpoints" / "step-0000002" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:40])  # torn by a crash
+    with caplog.at_level("WARNING", logger="refsr.train"):
+        assert resume_from(tmp_path, *_tiny_training_state()) == 1
+    assert f"{newest}: damaged checkpoint file (SafetensorError" in caplog.text
+    (tmp_path / "checkpoints" / "step-0000001" / "state.json").write_text("{")
+    with pytest.raises(InputError, match=f"no readable checkpoint to resume from \\(newest: {newest}: damaged"):
+        resume_from(tmp_path, *_tiny_training_state())
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_partial_output(tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    from refsr.errors import OutputError
+    from refsr.train.loop import save_checkpoint
+
+    with pytest.raises(OutputError, match=f"^{tmp_path / 'r.json'}: cannot write it \\(No space left on device\\)$"):
+        with io.atomic_open(tmp_path / "r.json") as f:
+            f.write("{")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(OutputError, match="checkpoints/step-0000003: cannot write the checkpoint \\(No space left"):
+        save_checkpoint(tmp_path / "checkpoints", *_tiny_training_state(), 3, keep=3)
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no .step-0000003.tmp/
+
+
+@pytest.mark.parametrize("scale", [0, -4])
+def test_manifest_scale_must_be_positive(tmp_path, scale):
+    io.write_image(tmp_path / "hr.png", np.zeros((8, 8, 3), np.float32))
+    io.write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "hr": "hr.png", "lr": "hr.png", "scale": scale, "source": "x",
+                                           "crop": [0, 0, 8, 8], "seed": 0, "degradation": {}}])
+    with pytest.raises(io.ManifestError, match=f"m.jsonl:1: field 'scale' must be a positive integer, got {scale}$"):
+        io.read_pair_manifest(tmp_path / "m.jsonl")
+
+
+def test_sample_refuses_impossible_output_sizes_before_sampling(tmp_path, tiny_ldm, monkeypatch):
+    from refsr.sample import SampleSettings, restore, sample_files
+
+    lr = _lr_folder(tmp_path / "lr", 1)
+    monkeypatch.setattr(restore, "_restore_one", lambda *a, **k: pytest.fail("sampled before refusing"))
+    run = lambda outscale: sample_files([lr], tmp_path / "out", model=tiny_ldm, outscale=outscale,  # noqa: E731
+                                        settings=SampleSettings(steps=1, tile=0), device="cpu")
+    with pytest.raises(io.InputError, match=r"im0.png: --outscale 0.001 gives a 0.01x0.01 output from 8x8; choose"):
+        run(0.001)
+    with pytest.raises(io.InputError, match=r"im0.png \(output at --outscale 3000\): 24000x24000 pixels \(576 MP\) "
+                                            r"is over the limit of 268 MP"):
+        run(3000)
+    assert not list((tmp_path / "out").glob("*.png"))

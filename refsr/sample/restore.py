@@ -112,6 +112,25 @@ def outscale_image(rgb: np.ndarray, lr_size: tuple[int, int], outscale: float | 
     return np.clip(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LANCZOS4), 0.0, 1.0)
 
 
+def check_output_size(path, lr_size: tuple[int, int], scale: int, outscale: float | None) -> None:
+    """Refuse, before any sampling, an output of under 1 pixel a side or over the pixel
+    limit (:func:`refsr.io.max_pixels`): the model's ``scale`` output and the ``outscale`` one.
+
+    Raises:
+        InputError: naming the input, the sizes and the option to change.
+    """
+    from ..io import check_pixels
+
+    h, w = lr_size
+    check_pixels(f"{path} (restored at x{scale})", w * scale, h * scale)
+    if outscale is not None:
+        ow, oh = w * outscale, h * outscale
+        if min(ow, oh) < 1:
+            raise InputError(f"{path}: --outscale {outscale:g} gives a {ow:.2f}x{oh:.2f} output from {w}x{h}; "
+                             "choose an --outscale that leaves at least 1 pixel a side")
+        check_pixels(f"{path} (output at --outscale {outscale:g})", round(ow), round(oh))
+
+
 # ---------------------------------------------------------------------------------------
 # run.json
 # ---------------------------------------------------------------------------------------
@@ -215,7 +234,7 @@ def merge_run_logs(out_dir: Path) -> Path:
     path = out_dir / "run.json"
     with _locked(out_dir / ".run.json.lock"):
         run = read_json(path) if path.is_file() else {}
-        done = []
+        done, merged = [], False
         for log_path in sorted(out_dir.glob(".run-*.jsonl"), key=lambda q: q.stat().st_mtime_ns):
             with open(log_path, "rb") as f:
                 try:
@@ -224,12 +243,13 @@ def merge_run_logs(out_dir: Path) -> Path:
                     continue  # a run still going: it merges its own log when it ends
                 settings, images = _read_run_log(log_path)
                 if settings is not None:
-                    run = _merge_into(run, settings, images)
+                    merged = merged or bool(images)  # a run that wrote nothing claims nothing
+                    run = _merge_into(run, settings, images) if images else run
                     done.append(log_path)
-        if done:
+        if merged:
             write_json(path, run)
-            for log_path in done:
-                log_path.unlink(missing_ok=True)
+        for log_path in done:
+            log_path.unlink(missing_ok=True)
     return path
 
 
@@ -379,6 +399,7 @@ def sample_files(
                 continue
             t0 = time.perf_counter()
             image = read_image(item.path)
+            check_output_size(item.path, (image.height, image.width), model.scale, outscale)
             frags = chooser.for_item(item)
             rgb = _restore_one(model, item, image, frags, settings, seed, device, outscale)
             write_like(out_path, rgb, image)

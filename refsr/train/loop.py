@@ -191,18 +191,58 @@ def save_checkpoint(folder: Path, module: nn.Module, optimizer, ema: EMA, step: 
 
 
 def load_checkpoint(folder: Path, module: nn.Module, optimizer, ema: EMA) -> int:
-    """Restore a checkpoint written by :func:`save_checkpoint`; return its step."""
+    """Restore a checkpoint written by :func:`save_checkpoint`; return its step.
+
+    Raises:
+        InputError: a damaged checkpoint (unreadable safetensors or JSON, missing or
+            mismatched tensors), naming the folder and the file.
+    """
     from safetensors.torch import load_file
 
-    state = json.loads((folder / "state.json").read_text())
-    module.load_state_dict(load_file(str(folder / "model.safetensors")))
-    shadow = load_file(str(folder / "ema.safetensors"))
-    for i, s in enumerate(ema.shadow):
-        s.copy_(shadow[str(i)])
-    ema.updates = int(state["ema_updates"])
-    meta = json.loads((folder / "optimizer.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(folder / "optimizer.safetensors")), meta))
-    return int(state["step"])
+    name = "state.json"
+    try:
+        state = json.loads((folder / name).read_text())
+        step, updates = int(state["step"]), int(state["ema_updates"])
+        name = "model.safetensors"
+        model = load_file(str(folder / name))
+        name = "ema.safetensors"
+        shadow = load_file(str(folder / name))
+        shadow = [shadow[str(i)] for i in range(len(ema.shadow))]
+        name = "optimizer.json"
+        meta = json.loads((folder / name).read_text())
+        name = "optimizer.safetensors"
+        optim = _unflatten_optimizer(load_file(str(folder / name)), meta)
+        name = "model.safetensors"
+        module.load_state_dict(model)
+        name = "ema.safetensors"
+        for s, t in zip(ema.shadow, shadow, strict=True):
+            s.copy_(t)
+        name = "optimizer.safetensors"
+        optimizer.load_state_dict(optim)
+    except Exception as e:  # SafetensorError, JSONDecodeError, KeyError, a shape mismatch ...
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise InputError(f"{folder / name}: damaged checkpoint file ({type(e).__name__}: {reason})") from None
+    ema.updates = updates
+    return step
+
+
+def resume_from(run: Path, module: nn.Module, optimizer, ema: EMA) -> int:
+    """Load the newest checkpoint of ``run`` that is readable, falling back to older ones
+    (each damaged one is named in a warning); return its step, 0 without checkpoints.
+
+    Raises:
+        InputError: every checkpoint is damaged (the newest one's file and reason).
+    """
+    errors = []
+    for folder in reversed(checkpoint_dirs(run)):
+        try:
+            return load_checkpoint(folder, module, optimizer, ema)
+        except InputError as e:
+            log.warning("%s; resuming from the previous checkpoint", e)
+            errors.append(e)
+    if errors:
+        raise InputError(f"{run}: no readable checkpoint to resume from (newest: {errors[0]})")
+    return 0
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
@@ -351,7 +391,7 @@ def run_training(stage: Stage, opts: TrainOptions) -> Path:
     ema = EMA(params, opts.ema_decay)
     start = 0
     if opts.resume and checkpoint_dirs(run):
-        start = load_checkpoint(checkpoint_dirs(run)[-1], inner, optimizer.optimizer, ema)
+        start = resume_from(run, inner, optimizer.optimizer, ema)
         log.info("resumed %s from step %d", run, start)
     metrics = [m for m in metrics if m.get("step", 0) <= start]
     global_batch = opts.batch_size * world * opts.grad_accum
