@@ -18,7 +18,8 @@ def _build_autoencoder(o: dict):
     from refsr.train.autoencoder import AutoencoderStage
 
     return AutoencoderStage(o["data"], config=o["config"], seed=o["seed"], lpips=not o["no_lpips"],
-                            holdout=o["holdout"], val=o["val"], val_images=o["val_images"])
+                            holdout=o["holdout"], val=o["val"], val_images=o["val_images"], init_from=o["init_from"],
+                            decoder_only=o["decoder_only"], decode=o["decode"])
 
 
 def _build_diffusion(o: dict):
@@ -46,7 +47,8 @@ def _check_stage_options(o: dict) -> None:
 @click.command("train")
 @click.option("--stage", type=click.Choice(STAGES), required=True, help="What to train.")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Pair manifest (pairs/manifest.jsonl); the autoencoder also takes a folder of images.")
+              help="Pair manifest (pairs/manifest.jsonl); the autoencoder and the matcher also take a folder of images "
+              "or a .txt list of image paths (relative to the list).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder (checkpoints/, metrics.jsonl, validation/, model/).")
 @click.option("--config", default="small", show_default=True, help="Model config: tiny, small, paper or a JSON/YAML file.")
@@ -57,7 +59,13 @@ def _check_stage_options(o: dict) -> None:
 @click.option("--matches", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="diffusion: matches.jsonl from `refsr match` (the references).")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="diffusion: start from a diffusers LDM-SR folder (its unet/ and vqvae/).")
+              default=None, help="diffusion: start from a diffusers LDM-SR or refsr model folder (its unet/ and "
+              "vqvae/). autoencoder: start from a trained VQ (an autoencoder run, a model folder or a VQModel folder).")
+@click.option("--decoder-only", is_flag=True, help="autoencoder: train only the decoder (with --init-from): the "
+              "encoder and codebook stay frozen, so the latents, and a denoiser trained on them, stay valid.")
+@click.option("--decode", type=click.Choice(["quantized", "continuous"]), default="quantized", show_default=True,
+              help="autoencoder: train the decoder on the codebook vectors (LDM-SR) or on the encoder's continuous "
+              "latents. The export records whichever decodes the held-out images better.")
 @click.option("--max-refs", type=click.IntRange(min=0), default=None, help="diffusion: references per sample (default: config).")
 @click.option("--ref-dropout", type=click.FloatRange(0, 1), default=None,
               help="diffusion: probability of training a sample without references (default: config).")

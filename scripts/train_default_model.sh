@@ -43,7 +43,7 @@ CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETR
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
-list() { sed "s|^|$PACK/|" "$PACK/split/$1.txt"; }   # a split's photos, as paths
+list() { sed "s|^|$PACK/split/|" "$PACK/split/$1.txt"; }   # a split's photos (listed relative to the list)
 mkdir -p "$WORK"
 
 if has pack; then

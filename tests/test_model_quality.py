@@ -343,3 +343,38 @@ def test_training_refuses_a_box_outside_its_image_as_sampling_does(tmp_path, ast
     ref = {**records[0]["refs"][0], "abs_path": matches.parent / records[0]["refs"][0]["path"]}
     with pytest.raises(InputError, match=r"box \[500, 500, 40, 40\] is outside the 80x60 image"):
         data._fragment(ref)
+
+
+def test_decoder_only_fine_tuning_keeps_the_latents(tmp_path, ae_run):
+    """--init-from + --decoder-only + --decode continuous: the encoder (so the latents a
+    denoiser was trained on) is unchanged, the decoder moved, and the export decodes the
+    continuous latent when that is what the held-out images prefer."""
+    from diffusers import VQModel
+
+    stage, run, model = ae_run
+    photos = stage.data.paths[0].parent
+    ft = AutoencoderStage(photos, config=AE_CONFIG, lpips=False, holdout=0.5, init_from=run, decoder_only=True,
+                          decode="continuous")
+    out = run_training(ft, _ae_opts(tmp_path / "ft", steps=2))
+    before, after = VQModel.from_pretrained(model / "vqvae"), VQModel.from_pretrained(out / "vqvae")
+    b, a = before.state_dict(), after.state_dict()
+    frozen = [k for k in b if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    moved = [k for k in b if k.startswith(("decoder.", "post_quant_conv.")) and not torch.equal(b[k], a[k])]
+    assert frozen and all(torch.equal(b[k], a[k]) for k in frozen) and moved
+    ev = read_json(tmp_path / "ft" / "eval.json")
+    spec = read_latent_spec(out / "vqvae")
+    assert spec.decode_quantized == (ev["quantized"]["psnr"] >= ev["continuous"]["psnr"])
+
+
+def test_a_txt_list_of_images_is_training_data(tmp_path, astronaut, coffee, motorcycle_pair):
+    from refsr.train.data import image_paths
+
+    photos = _photos(tmp_path / "photos", astronaut, coffee, motorcycle_pair)
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "train.txt").write_text("# two photos\n../photos/coffee.png\n\n../photos/left.png\n")
+    paths, root = image_paths(tmp_path / "lists" / "train.txt")
+    assert [p.name for p in paths] == ["coffee.png", "left.png"] and root == tmp_path / "lists"
+    (tmp_path / "lists" / "bad.txt").write_text("../photos/coffee.png\n../photos/nope.png\n")
+    with pytest.raises(InputError, match=r"bad.txt: 1 listed image\(s\) do not exist \(first: .*nope.png\)"):
+        image_paths(tmp_path / "lists" / "bad.txt")
+    assert photos

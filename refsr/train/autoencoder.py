@@ -168,7 +168,16 @@ class AutoencoderStage(Stage):
         self.eval_size, self.final_eval = eval_size, None
         self._eval_images = None
         torch.manual_seed(seed)
-        self.vqvae = build_vqvae(self.cfg["vqvae"])
+        if init_from is not None:
+            from .diffusion import load_vqvae
+
+            self.vqvae = load_vqvae(init_from).float()
+        else:
+            self.vqvae = build_vqvae(self.cfg["vqvae"])
+        if decoder_only:
+            for part in (self.vqvae.encoder, self.vqvae.quant_conv, self.vqvae.quantize):
+                part.requires_grad_(False)
+        self.decode = decode
         self.use_lpips = lpips
         self.find_unused_parameters = self.cfg["train"]["disc_start"] >= 0
 
@@ -177,7 +186,7 @@ class AutoencoderStage(Stage):
 
     def module(self):
         lpips = perceptual_loss() if self.use_lpips and self.cfg["train"]["lpips_weight"] > 0 else None
-        module = AutoencoderModule(self.vqvae, self.cfg["train"], lpips)
+        module = AutoencoderModule(self.vqvae, self.cfg["train"], lpips, self.decode)
         return module
 
     def validate(self, module, batch, path: Path) -> None:

@@ -35,19 +35,28 @@ def _pad_to(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def image_paths(data: str | os.PathLike) -> tuple[list[Path], Path]:
-    """Images of ``data`` (a folder, searched recursively, or a pair manifest's HR crops)
-    and the root their names are taken relative to.
+    """Images of ``data`` (a folder, searched recursively; a pair manifest's HR crops; or a
+    ``.txt`` list of image paths, one per line, relative to the list's folder) and the root
+    their names are taken relative to.
 
     Raises:
-        InputError: neither a folder nor a .jsonl manifest, or no images.
+        InputError: neither a folder nor a .jsonl manifest nor a .txt list, a listed file
+            that does not exist, or no images.
     """
     data = Path(data)
-    if data.suffix.lower() == ".jsonl":
+    if data.suffix.lower() == ".txt" and data.is_file():
+        lines = [line.strip() for line in data.read_text(encoding="utf-8").splitlines()]
+        paths, root = [data.parent / line for line in lines if line and not line.startswith("#")], data.parent
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise InputError(f"{data}: {len(missing)} listed image(s) do not exist (first: {missing[0]})")
+    elif data.suffix.lower() == ".jsonl":
         paths, root = [Path(r["hr_path"]) for r in read_pair_manifest(data)], data.parent
     elif data.is_dir():
         paths, root = list_images(data, recursive=True), data
     else:
-        raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a pair manifest .jsonl")
+        raise InputError(f"{data}: expected a folder of images ({', '.join(IMAGE_EXTENSIONS)}), a pair manifest "
+                         ".jsonl or a .txt list of images")
     if not paths:
         raise InputError(f"{data}: no images found")
     return sorted(paths), root

@@ -11,7 +11,8 @@ training birds, one per species in turn, until the budget is spent.
     python scripts/experiments/pack_photos.py ../shared/data gpu_data --budget-mb 20
 
 Writes PACK/birds/<Species>/*, PACK/general/<set>/*, PACK/split/{train,val,test,
-test_general}.txt (paths relative to PACK; birds of one species share a folder, so
+test_general}.txt (paths relative to the list, as `refsr train --data LIST.txt` reads them;
+birds of one species share a folder, so
 ``refsr match --group-by parent`` finds same-species references) and PACK/pack.json.
 """
 
@@ -86,7 +87,7 @@ def pack(data: Path, out: Path, budget_mb: float, seed: int, n_test: int, n_val:
         turn += 1
     (out / "split").mkdir(parents=True, exist_ok=True)
     for name, files in lists.items():
-        (out / "split" / f"{name}.txt").write_text("".join(f"{f}\n" for f in files))
+        (out / "split" / f"{name}.txt").write_text("".join(f"../{f}\n" for f in files))
     info = {"source": str(data), "seed": seed, "budget_mb": budget_mb, "mib": round(used / 2**20, 2),
             "birds_train_per_species": turn if full else max(len(v) for v in by_species.values()),
             **{name: len(files) for name, files in lists.items()}}
