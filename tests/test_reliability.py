@@ -533,3 +533,37 @@ def test_sample_refuses_impossible_output_sizes_before_sampling(tmp_path, tiny_l
                                             r"is over the limit of 268 MP"):
         run(3000)
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_index_refs_interrupted_after_a_while_resumes_without_reembedding(tmp_path, monkeypatch):
+    import itertools
+    import time
+
+    from test_retrieval import SPEC, CountingEmbed
+
+    from conftest import small_photo
+    from refsr.retrieval.index import index_refs
+
+    for name in ("coffee", "chelsea", "rocket", "camera"):
+        io.write_image(tmp_path / "refs" / f"{name}.png", small_photo(name))
+    clock = itertools.count(start=0.0, step=40.0)  # each look at the clock: 40 s later (slow embedding)
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    CountingEmbed(monkeypatch, stop_after=3)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during the 4th image, default flush settings
+        index_refs([tmp_path / "refs"], tmp_path / "idx", SPEC, batch_size=1)
+    monkeypatch.undo()
+    counter = CountingEmbed(monkeypatch)
+    stats = index_refs([tmp_path / "refs"], tmp_path / "idx", SPEC, batch_size=1)
+    assert (counter.images, stats.reused, stats.count) == (1, 3, 4)
+
+
+def test_a_first_index_run_does_not_claim_an_interrupted_update(tmp_path, caplog):
+    from test_retrieval import SPEC
+
+    from conftest import small_photo
+    from refsr.retrieval.index import index_refs
+
+    io.write_image(tmp_path / "refs" / "coffee.png", small_photo("coffee"))
+    with caplog.at_level("INFO", logger="refsr"):
+        index_refs([tmp_path / "refs"], tmp_path / "idx", SPEC)
+    assert "interrupted" not in caplog.text

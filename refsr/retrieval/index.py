@@ -61,6 +61,16 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _publish_staging(index_dir: Path) -> None:
+    """Move a complete ``.staging/`` generation into place (the last step of a commit)."""
+    stage = Path(index_dir) / ".staging"
+    for name in FILES:
+        with contextlib.suppress(FileNotFoundError):  # a concurrent roll-forward may have moved it
+            _move(stage / name, Path(index_dir) / name)
+    _fsync_dir(Path(index_dir))
+    shutil.rmtree(stage, ignore_errors=True)
+
+
 def recover(index_dir: Path) -> bool:
     """Finish a commit that was interrupted between renames; drop an incomplete staging.
 
@@ -72,11 +82,7 @@ def recover(index_dir: Path) -> bool:
     if not (stage / "index.json").is_file():
         shutil.rmtree(stage, ignore_errors=True)
         return False
-    for name in FILES:
-        with contextlib.suppress(FileNotFoundError):  # a concurrent roll-forward may have moved it
-            _move(stage / name, Path(index_dir) / name)
-    _fsync_dir(Path(index_dir))
-    shutil.rmtree(stage, ignore_errors=True)
+    _publish_staging(index_dir)
     log.info("%s: finished an interrupted index update", index_dir)
     return True
 
@@ -93,7 +99,7 @@ def _commit(index_dir: Path, meta: dict, items: list[dict], hnsw) -> dict:
     meta = dict(meta, generation=int(meta.get("generation", 0)) + 1, count=len(items),
                 items_sha256=sha256_file(stage / "items.jsonl"), index_bytes=(stage / "index.bin").stat().st_size)
     write_json(stage / "index.json", meta)
-    recover(index_dir)
+    _publish_staging(index_dir)
     return meta
 
 
@@ -417,12 +423,14 @@ def _known_vectors(index: RefIndex | None, part_items, part_vectors) -> dict[str
 def index_refs(
     inputs, index_dir: str | os.PathLike, spec, batch_size: int = 64, workers: int = 2, device: str = "cpu",
     prune: bool = False, shard: tuple[int, int] = (0, 1), recursive: bool = True, flush_every: int = 1024,
+    flush_seconds: float = 30.0,
 ) -> IndexStats:
     """Embed the images of ``inputs`` into the index at ``index_dir`` (created if absent).
 
     Only files whose sha256 is not yet embedded (in the index or in a part left by an
     interrupted run) go through the model. Embeddings are saved to
-    ``parts/part-K-of-N.chunk-*.npz`` every ``flush_every`` images, then to
+    ``parts/part-K-of-N.chunk-*.npz`` every ``flush_every`` images or ``flush_seconds``
+    seconds, whichever comes first (an interruption loses at most that much work), then to
     ``parts/part-K-of-N.npz``; an unsharded run (and the last shard to finish) then merges
     the parts into the index with :func:`build_index`.
 
@@ -452,7 +460,8 @@ def index_refs(
     stats = IndexStats(index_dir)
     records = _describe_files(index_dir, paths, index)
     new_items, new_vecs = _embed_missing(embedder, index_dir, records, index, part_items, part_vectors,
-                                         f"part-{k}-of-{n}", batch_size, workers, flush_every, stats)
+                                         f"part-{k}-of-{n}", batch_size, workers, (flush_every, flush_seconds),
+                                         stats)
     prefix = f"part-{k}-of-{n}"
     if new_items:
         _save_part(index_dir / "parts" / f"{prefix}.npz", embedder.identity, new_items, np.stack(new_vecs))
@@ -465,10 +474,16 @@ def index_refs(
 
 
 def _embed_missing(embedder, index_dir, records, index, part_items, part_vectors, prefix,
-                   batch_size, workers, flush_every, stats):
+                   batch_size, workers, flush, stats):
     """Item records + vectors for every record not already in the index at its path;
-    embeds only unknown sha256s, flushing chunks to ``parts/`` as it goes."""
+    embeds only unknown sha256s, flushing chunks to ``parts/`` as it goes (``flush``:
+    every so many images or seconds)."""
+    import time
+
     from .embed import embed_files
+
+    flush_every, flush_seconds = flush
+    last_flush = time.monotonic()
 
     current = {(it["path"], it["sha256"]) for it in (index.items if index else [])}
     todo = [r for r in records if (r["path"], r["sha256"]) not in current]
@@ -488,11 +503,11 @@ def _embed_missing(embedder, index_dir, records, index, part_items, part_vectors
             pending_items.append(dict(missing[p], width=w, height=h))
             pending_vecs.append(v)
         stats.embedded += len(pos)
-        if len(pending_items) >= flush_every:
+        if len(pending_items) >= flush_every or time.monotonic() - last_flush >= flush_seconds:
             _flush_chunk(index_dir, prefix, embedder.identity, pending_items, pending_vecs)
             items += pending_items
             vecs += pending_vecs
-            pending_items, pending_vecs = [], []
+            pending_items, pending_vecs, last_flush = [], [], time.monotonic()
     _flush_chunk(index_dir, prefix, embedder.identity, pending_items, pending_vecs)
     items, vecs = items + pending_items, vecs + pending_vecs
     by_sha = {it["sha256"]: (it, v) for it, v in zip(items, vecs)}  # duplicates of embedded files
