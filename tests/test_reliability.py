@@ -567,3 +567,54 @@ def test_a_first_index_run_does_not_claim_an_interrupted_update(tmp_path, caplog
     with caplog.at_level("INFO", logger="refsr"):
         index_refs([tmp_path / "refs"], tmp_path / "idx", SPEC)
     assert "interrupted" not in caplog.text
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc to find the workers")
+def test_degrade_workers_die_with_a_killed_parent_without_tracebacks(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import small_photo
+
+    for i in range(12):
+        io.write_image(tmp_path / "photos" / f"p{i}.png", small_photo(["astronaut", "coffee", "chelsea"][i % 3], (384, 384)))
+    script = ("from refsr.degrade.pipeline import degrade_folder; "
+              f"degrade_folder([{str(tmp_path / 'photos')!r}], {str(tmp_path / 'pairs')!r}, crop=64, "
+              "crops_per_image=40, workers=2)")
+    with open(tmp_path / "stderr.txt", "w") as err:
+        parent = subprocess.Popen([sys.executable, "-c", script], stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def children():
+        found = []
+        for d in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if d.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == parent.pid:
+                        found.append(int(d))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("pairs/hr/*.png")):  # the workers are busy with pairs
+        assert time.monotonic() < deadline and parent.poll() is None, "degrade did not start"
+        time.sleep(0.2)
+    workers = children()
+    assert workers, "no pool workers found"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(w) for w in workers):
+        assert time.monotonic() < deadline, "pool workers outlived the killed degrade"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    assert "Traceback" not in (tmp_path / "stderr.txt").read_text()

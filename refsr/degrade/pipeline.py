@@ -9,10 +9,12 @@ file, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -107,7 +109,20 @@ def process_pair(task: dict) -> dict:
     return record
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
+    """Set up a pool worker: one OpenCV thread; Ctrl-C left to the parent (which stops the
+    pool); and, on Linux, a SIGTERM when the parent dies (kill -9 included), so that no
+    worker outlives a killed ``degrade`` or prints a BrokenPipe traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None and sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
     cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -159,7 +174,8 @@ def _run(tasks: list[dict], workers: int):
         return
     import multiprocessing as mp
 
-    with mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
+    with mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker,
+                                      initargs=(os.getpid(),)) as pool:
         yield from pool.imap(process_pair, tasks, chunksize=1)
 
 
