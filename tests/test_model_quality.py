@@ -133,7 +133,7 @@ def test_folder_without_latent_scale_loads_with_scale_1_and_says_so_once(tmp_pat
     torch.manual_seed(0)
     RefSRModel.from_config(MICRO, kind="ldm").save_pretrained(tmp_path / "old")
     meta = read_json(tmp_path / "old" / "refsr.json")
-    for key in ("latent_scale", "decode_quantized", "prediction_type"):
+    for key in ("latent_scale", "decode_quantized"):
         meta.pop(key)
     (tmp_path / "old" / "refsr.json").write_text(json.dumps(meta))
     with caplog.at_level(logging.INFO, logger="refsr.models"):
@@ -218,7 +218,7 @@ def test_v_prediction_and_min_snr_reach_the_loss_and_the_folder(tmp_path, pairs_
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
     run_training(stage, _ae_opts(tmp_path / "ldm", steps=1))
     meta = read_json(tmp_path / "ldm" / "model" / "refsr.json")
-    assert meta["prediction_type"] == "v_prediction" and meta["recipe"]["min_snr_gamma"] == 5.0
+    assert meta["recipe"]["min_snr_gamma"] == 5.0
     assert meta["latent_scale"] == read_latent_spec(vq / "model" / "vqvae").scale
     sched = read_json(tmp_path / "ldm" / "model" / "scheduler" / "scheduler_config.json")
     assert sched["prediction_type"] == "v_prediction"

@@ -56,7 +56,8 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     ae = read_json(results / "autoencoder_eval.json")
     assert ae["images"] >= 1 and ae["border"] == 4
     meta = read_json(results / "default_model" / "refsr.json")
-    assert meta["kind"] == "ldm-ca" and meta["prediction_type"] == "v_prediction"
+    assert meta["kind"] == "ldm-ca"
+    assert read_json(results / "default_model" / "scheduler" / "scheduler_config.json")["prediction_type"] == "v_prediction"
     assert meta["recipe"]["min_snr_gamma"] == 5.0 and meta["latent_scale"] != 1.0
     from safetensors.torch import load_file
 

@@ -256,7 +256,7 @@ class RefSRModel(nn.Module):
                 "ref_size": self.ref_size, "max_refs": self.max_refs,
                 "latent_channels": int(self.vqvae.config.latent_channels),
                 "latent_scale": self.latent.scale, "decode_quantized": self.latent.decode_quantized,
-                "prediction_type": self.prediction_type, **({"recipe": self.recipe} if self.recipe else {})}
+                **({"recipe": self.recipe} if self.recipe else {})}
 
     # -- encoders -------------------------------------------------------------------
 
@@ -274,19 +274,21 @@ class RefSRModel(nn.Module):
         out = self.vqvae.decode(latents, force_not_quantize=not self.latent.decode_quantized).sample
         return out.clamp(-1.0, 1.0)
 
-    def _branch_input(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [-1, 1] -> (N, C+3, H/4, W/4): frozen VQ latent || image at latent size."""
+    def branch_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> (N, C+3, H/4, W/4): frozen VQ latent || image at latent size
+        (the input of E_LR and E_Ref)."""
         with torch.no_grad():
             z = self.encode(images)
         small = F.interpolate(images, size=z.shape[-2:], mode="area")
         return torch.cat([z, small], dim=1)
 
-    def encode_lr(self, lr_up: torch.Tensor) -> LRContext | None:
-        """(B, 3, H, W) bicubic-upsampled LR at HR size in [-1, 1] -> E_LR features
-        (None for kind ``ldm``). No timestep: compute once per image or tile."""
+    def encode_lr(self, lr_up: torch.Tensor | None = None, inputs: torch.Tensor | None = None) -> LRContext | None:
+        """(B, 3, H, W) bicubic-upsampled LR at HR size in [-1, 1] (or its ``branch_input``,
+        ``inputs``) -> the LR side of the queries (None for kind ``ldm``). No timestep:
+        compute once per image or tile."""
         if self.ref_branch is None:
             return None
-        return LRContext(self.ref_branch.e_lr(self._branch_input(lr_up)))
+        return self.ref_branch.encode_lr(self.branch_input(lr_up) if inputs is None else inputs)
 
     def encode_references(self, refs: torch.Tensor, mask: torch.Tensor | None = None) -> RefContext | None:
         """refs (B, R, 3, S, S) in [-1, 1], mask (B, R) bool (True = real) -> per-level keys
@@ -300,7 +302,7 @@ class RefSRModel(nn.Module):
         lat = refs.shape[-1] // self.scale
         inputs = refs.new_zeros(b, r, self.vqvae.config.latent_channels + 3, lat, lat)
         if mask.any():
-            inputs[mask] = self._branch_input(refs[mask])
+            inputs[mask] = self.branch_input(refs[mask])
         return self.ref_branch.encode_refs(inputs, mask)
 
     # -- denoiser -------------------------------------------------------------------
@@ -311,7 +313,7 @@ class RefSRModel(nn.Module):
         if lr.shape[-2:] != noisy_latents.shape[-2:]:
             lr = F.interpolate(lr, size=noisy_latents.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
         x = torch.cat([noisy_latents, lr.to(noisy_latents.dtype)], dim=1)
-        if self.ref_branch is None or ref_context is None or not bool(ref_context.mask.any()):
+        if self.ref_branch is None or ref_context is None or not ref_context.any_real:  # no host sync
             return self.unet(x, timesteps).sample
         if lr_context is None:
             up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
