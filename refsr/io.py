@@ -256,6 +256,31 @@ def _read_header(data: bytes) -> tuple[tuple[int, int] | None, int]:
         PILImage.MAX_IMAGE_PIXELS = limit
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_PIXEL_CHUNKS = (b"tRNS",)  # the one ancillary chunk that changes decoded pixels (alpha)
+
+
+def _png_pixel_chunks_only(data: bytes) -> bytes:
+    """PNG bytes without the ancillary chunks that do not change the decoded pixels (colour
+    profiles, text, gamma, time: libpng prints warnings about bad ones on stderr, outside
+    refsr's one-line errors). EXIF orientation is read before, from the original bytes.
+    Data that is not a well-formed chunk list is returned as it is (the decoder reports it)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    out, pos = [data[:8]], 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, end = data[pos + 4:pos + 8], pos + 12 + length
+        if end > len(data):
+            return data
+        if kind[:1].isupper() or kind in PNG_PIXEL_CHUNKS:  # critical chunks (IHDR, PLTE, IDAT, IEND)
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(out)
+
+
 def check_pixels(name: str | os.PathLike, width: int, height: int) -> None:
     """Refuse an image larger than :func:`max_pixels`, before it is decoded.
 
@@ -295,7 +320,7 @@ def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> Image:
     size, orientation = _read_header(data)
     if size is not None:
         check_pixels(name, *size)
-    buf = np.frombuffer(data, dtype=np.uint8)
+    buf = np.frombuffer(_png_pixel_chunks_only(data), dtype=np.uint8)
     # IMREAD_UNCHANGED keeps 16 bits and alpha, but skips EXIF orientation: we apply it.
     try:
         array = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

@@ -618,3 +618,27 @@ def test_degrade_workers_die_with_a_killed_parent_without_tracebacks(tmp_path):
         time.sleep(0.2)
     time.sleep(0.5)
     assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
+
+
+def test_png_warnings_of_libpng_do_not_leak_to_stderr(tmp_path, capfd):
+    import struct
+    import zlib
+
+    from PIL import Image as PILImage
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    pal = PILImage.new("P", (6, 4))
+    pal.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.putpixel((1, 1), 1)
+    pal.info["transparency"] = 0  # a tRNS chunk: alpha must survive
+    pal.save(tmp_path / "clean.png")
+    data = (tmp_path / "clean.png").read_bytes()
+    bad = chunk(b"iCCP", b"bad\x00\x00" + zlib.compress(b"not an ICC profile")) + chunk(b"tEXt", b"\x00no keyword")
+    (tmp_path / "warns.png").write_bytes(data[:33] + bad + data[33:])  # right after IHDR
+    capfd.readouterr()
+    warned, clean = io.read_image(tmp_path / "warns.png"), io.read_image(tmp_path / "clean.png")
+    assert capfd.readouterr().err == ""
+    assert np.array_equal(warned.rgb, clean.rgb) and np.array_equal(warned.alpha, clean.alpha)
+    assert clean.alpha is not None and clean.alpha[1, 1] == 1.0 and clean.alpha[0, 0] == 0.0
