@@ -197,7 +197,7 @@ def test_option_names_mean_one_thing():
 
 
 def test_match_defaults_to_the_shipped_matcher():
-    from refsr.retrieval.match import SHIPPED_MATCHER
+    from refsr.models.matcher import SHIPPED_MATCHER
 
     matcher = next(p for p in cli.get_command(None, "match").params if p.name == "matcher")
     assert matcher.default == "shipped" and (SHIPPED_MATCHER / "config.json").is_file()
