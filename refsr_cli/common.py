@@ -29,12 +29,14 @@ def hoist_global_flags(args: list[str], command: click.Command | None) -> list[s
 
     ``args`` are the group's arguments (``[group flags...] NAME [subcommand args...]``);
     ``command`` is the subcommand, used to leave alone a flag-like token that is the value
-    of one of its options (``--suffix -v``). Nothing after ``--`` moves.
+    of one of its options (``--suffix -v``; a group's: of its subcommands'). Nothing after
+    ``--`` moves.
     """
     name_at = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
     if name_at is None or command is None:
         return list(args)
-    takes_value = {name for p in command.params if isinstance(p, click.Option) and not p.is_flag and not p.count
+    params = [*command.params, *(p for sub in getattr(command, "commands", {}).values() for p in sub.params)]
+    takes_value = {name for p in params if isinstance(p, click.Option) and not p.is_flag and not p.count
                    for name in p.opts + p.secondary_opts}
     head, moved, rest = list(args[: name_at + 1]), [], []
     tail = args[name_at + 1:]

@@ -91,7 +91,7 @@ def cli(ctx, verbose, quiet):
       refsr degrade photos/ -o pairs/                      # HR/LR pairs + manifest.jsonl
       refsr index-refs refs/ --index refs.index/           # OpenCLIP + hnswlib index
       refsr match pairs/manifest.jsonl --index refs.index/ -o matches.jsonl
-      refsr train --stage diffusion --data pairs/manifest.jsonl --matches matches.jsonl ...
+      refsr train diffusion pairs/manifest.jsonl --matches matches.jsonl --vqvae runs/vq ...
       refsr sample --model runs/x/model lr/ --matches matches.jsonl -o out/
       refsr evaluate --pred out/ --gt pairs/hr/ -o report.json
 

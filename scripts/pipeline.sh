@@ -8,7 +8,7 @@
 #
 # Environment knobs (defaults in brackets): DEVICE [auto], SEED [0], CROP [128],
 # CLIP_MODEL [ViT-B-32], CLIP_PRETRAINED [laion2b_s34b_b79k; "none" = random weights offline],
-# MATCHER [shipped: the trained matcher; imagenet; "none" = random ResNet-34; or a folder from `refsr train --stage matcher`],
+# MATCHER [shipped: the trained matcher; imagenet; "none" = random ResNet-34; or a folder from `refsr train matcher`],
 # AE_LPIPS [1; 0 = train the autoencoder without the LPIPS loss],
 # AE_STEPS [2000], DIFF_STEPS [20000], SAMPLE_STEPS [50], PATCH [512], STRIDE [256].
 set -euo pipefail
@@ -34,9 +34,9 @@ refsr match "$WORK/pairs/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/ma
 
 # 4. train: the VQ autoencoder, then the denoiser with the reference branch
 AE_OPTS=(); [ "${AE_LPIPS:-1}" = 0 ] && AE_OPTS=(--no-lpips)
-refsr train --stage autoencoder --data "$WORK/pairs/manifest.jsonl" --config "$CONFIG" \
+refsr train autoencoder "$WORK/pairs/manifest.jsonl" --config "$CONFIG" \
     --steps "$AE_STEPS" --seed "$SEED" --device "$DEVICE" -o "$WORK/runs/vq" --resume "${AE_OPTS[@]}"
-refsr train --stage diffusion --kind ldm-ca --data "$WORK/pairs/manifest.jsonl" \
+refsr train diffusion "$WORK/pairs/manifest.jsonl" --kind ldm-ca \
     --matches "$WORK/matches.jsonl" --vqvae "$WORK/runs/vq/model" --config "$CONFIG" \
     --steps "$DIFF_STEPS" --seed "$SEED" --device "$DEVICE" -o "$WORK/runs/ldm-ca" --resume
 

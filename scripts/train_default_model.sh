@@ -76,7 +76,7 @@ common=(--config "$CONFIG" --seed "$SEED" --device "$DEVICE" --workers "$WORKERS
         --checkpoint-every 500 --log-every 25 --resume)
 if has autoencoder; then
   stamp "autoencoder: $AE_STEPS steps (cap $AE_MAX_MINUTES min), $AE_HOLDOUT of the crops held out"
-  $REFSR train --stage autoencoder --data "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
+  $REFSR train autoencoder "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
       --max-minutes "$AE_MAX_MINUTES" --holdout "$AE_HOLDOUT" --decode "$DECODE" --no-lpips --validate-every 1000 \
       -o "$WORK/runs/vq" "${common[@]}" 2>&1 | tee "$WORK/train_vq.log" | tail -n 3
 fi
@@ -84,7 +84,7 @@ fi
 if has diffusion; then
   stamp "diffusion: ldm and ldm-ca, $STEPS steps each ($PREDICTION, min-SNR $MIN_SNR; cap $MAX_MINUTES min)"
   for kind in ldm ldm-ca; do
-    $REFSR train --stage diffusion --kind "$kind" --data "$WORK/pairs_train/manifest.jsonl" \
+    $REFSR train diffusion "$WORK/pairs_train/manifest.jsonl" --kind "$kind" \
         --matches "$WORK/matches_train.jsonl" --vqvae "$WORK/runs/vq" --steps "$STEPS" \
         --prediction-type "$PREDICTION" --min-snr-gamma "$MIN_SNR" --max-minutes "$MAX_MINUTES" \
         --validate-every 0 -o "$WORK/runs/$kind" "${common[@]}" > "$WORK/train_$kind.log" 2>&1 &

@@ -159,14 +159,16 @@ def test_one_workers_default_everywhere(monkeypatch):
     import os
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(7)))
-    having = {}
-    for name in SUBCOMMANDS:
+    commands = {}
+    for name in SUBCOMMANDS:  # a group's subcommands (train STAGE) count one by one
         command = cli.get_command(None, name)
-        having.update({name: p for p in command.params if p.name == "workers"})
-    assert sorted(having) == ["degrade", "index-refs", "train"]
+        subs = getattr(command, "commands", None)
+        commands.update({f"{name} {sub}": c for sub, c in subs.items()} if subs else {name: command})
+    having = {name: p for name, command in commands.items() for p in command.params if p.name == "workers"}
+    assert sorted(having) == ["degrade", "index-refs", "train autoencoder", "train diffusion", "train matcher"]
     for name, option in having.items():
         assert "CPUs this process may use" in option.help
-        ctx = cli.get_command(None, name).make_context(name, ["--help"], resilient_parsing=True)
+        ctx = commands[name].make_context(name, ["--help"], resilient_parsing=True)
         assert option.process_value(ctx, None) == 7
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
         assert option.process_value(ctx, None) == 3

@@ -48,6 +48,7 @@ def test_pipeline_script_chains_the_six_stages(tmp_path, hr_and_refs):
     cmd = ["bash", str(ROOT / "scripts/pipeline.sh"), str(hr), str(refs), str(work), "tiny"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "deprecated" not in proc.stderr  # the script uses today's spelling of every command
 
     pairs = io.read_pair_manifest(work / "pairs/manifest.jsonl")
     assert len(pairs) == 2 and all(p["scale"] == 4 for p in pairs)

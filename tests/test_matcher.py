@@ -267,7 +267,7 @@ def test_cli_trains_evaluates_and_checks_options(photos, tmp_path):
 
     from refsr_cli.main import cli
 
-    args = ["train", "--stage", "matcher", "--data", str(photos), "-o", str(tmp_path / "run"), "--init", "none",
+    args = ["train", "matcher", str(photos), "-o", str(tmp_path / "run"), "--init", "none",
             "--depth", "1", "--head-dim", "16", "--patch", "32", "--steps", "2", "--batch-size", "4", "--holdout", "0.3",
             "--eval-queries", "1", "--device", "cpu", "--max-side", "96"]
     result = CliRunner().invoke(cli, args)

@@ -73,7 +73,7 @@ def test_train_refuses_a_folder_that_is_not_a_run_and_deletes_nothing(tmp_path, 
     (run / "model").mkdir(parents=True)
     (run / "model" / "important.txt").write_text("mine")
     for extra in ([], ["--overwrite"], ["--resume"]):
-        res = _cli("train", "--stage", "autoencoder", "--data", photo_folder, "--config", "tiny", "--steps", 1,
+        res = _cli("train", "autoencoder", photo_folder, "--config", "tiny", "--steps", 1,
                    "--device", "cpu", "--no-lpips", "-o", run, *extra)
         assert res.exit_code == 1, res.output
         assert res.output.strip().splitlines() == [

@@ -133,12 +133,12 @@ def _cli(args):
 def test_cli_autoencoder_then_diffusion_end_to_end(tmp_path, pairs):
     manifest, matches = pairs
     cfg = manifest.parent / "config.json"
-    r = _cli(["train", "--stage", "autoencoder", "--data", manifest.parent / "hr", "--config", cfg, "--steps", 2,
+    r = _cli(["train", "autoencoder", manifest.parent / "hr", "--config", cfg, "--steps", 2,
               "--device", "cpu", "--no-lpips", "--validate-every", 2, "-o", tmp_path / "vq"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "vq" / "model" / "vqvae" / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "vq" / "validation" / "step-0000002.png").is_file()
-    r = _cli(["train", "--stage", "diffusion", "--data", manifest, "--matches", matches, "--vqvae", tmp_path / "vq",
+    r = _cli(["train", "diffusion", manifest, "--matches", matches, "--vqvae", tmp_path / "vq",
               "--config", cfg, "--steps", 2, "--device", "cpu", "--validate-every", 2, "-o", tmp_path / "ldm"])
     assert r.exit_code == 0, r.output
     assert "trained diffusion for 2 steps" in r.output
@@ -151,7 +151,7 @@ def test_max_minutes_stops_checkpoints_and_exports(tmp_path, pairs):
     metrics line and a message that says the run was cut (so compared runs can be checked)."""
     manifest, _ = pairs
     cfg = manifest.parent / "config.json"
-    r = _cli(["train", "--stage", "autoencoder", "--data", manifest.parent / "hr", "--config", cfg, "--steps", 100000,
+    r = _cli(["train", "autoencoder", manifest.parent / "hr", "--config", cfg, "--steps", 100000,
               "--max-minutes", 0.0001, "--device", "cpu", "--no-lpips", "-o", tmp_path / "vq"])
     assert r.exit_code == 0, r.output
     metrics = [json.loads(line) for line in (tmp_path / "vq" / "metrics.jsonl").read_text().splitlines()]
@@ -168,11 +168,11 @@ def test_cli_one_line_errors(tmp_path, pairs):
     common = ["--steps", 1, "--device", "cpu", "-o", tmp_path / "run"]
     # a manifest naming a missing image
     (manifest.parent / "lr" / "coffee.png").unlink()
-    r = _cli(["train", "--stage", "diffusion", "--data", manifest, "--config", cfg, "--init-from", tmp_path, *common])
+    r = _cli(["train", "diffusion", manifest, "--config", cfg, "--init-from", tmp_path, *common])
     assert r.exit_code != 0
     broken = tmp_path / "bad.jsonl"
     broken.write_text('{"id": "x"}\n')
-    r = _cli(["train", "--stage", "autoencoder", "--data", broken, "--config", cfg, *common])
+    r = _cli(["train", "autoencoder", broken, "--config", cfg, *common])
     assert r.exit_code == 1 and "missing field 'hr'" in r.output and len(r.output.strip().splitlines()) == 1
     # matches whose ids are not pairs
     from refsr.train.data import PairDataset
@@ -185,14 +185,14 @@ def test_cli_one_line_errors(tmp_path, pairs):
     # a config with an unknown key
     bad = dict(FAST, unet={**FAST["unet"], "chanels": 4})
     (tmp_path / "bad.json").write_text(json.dumps(bad))
-    r = _cli(["train", "--stage", "autoencoder", "--data", manifest.parent / "hr", "--config", tmp_path / "bad.json", *common])
+    r = _cli(["train", "autoencoder", manifest.parent / "hr", "--config", tmp_path / "bad.json", *common])
     assert r.exit_code == 1 and "unknown key 'chanels'" in r.output
     # a VQ of the wrong latent size
     from refsr.models.autoencoder import build_vqvae
 
     build_vqvae({**FAST["vqvae"], "latent_channels": 4}).save_pretrained(tmp_path / "vq4" / "vqvae")
     p3, m3 = make_pairs(tmp_path / "p3", {"a": __import__("numpy").zeros((50, 70, 3), "float32")})
-    r = _cli(["train", "--stage", "diffusion", "--data", p3, "--matches", m3, "--vqvae", tmp_path / "vq4",
+    r = _cli(["train", "diffusion", p3, "--matches", m3, "--vqvae", tmp_path / "vq4",
               "--config", cfg, *common])
     assert r.exit_code == 1 and "4 latent channels" in r.output and len(r.output.strip().splitlines()) == 1
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import KINDS, PREDICTION_TYPES
 from ..errors import InputError
 from .autoencoder import LatentSpec, build_vqvae, init_keywords, read_latent_spec, vq_downsampling
 from .ref_branch import AGGREGATIONS, LRContext, RefBranch, RefContext, branch_for
@@ -29,7 +30,6 @@ from .ref_branch import AGGREGATIONS, LRContext, RefBranch, RefContext, branch_f
 log = logging.getLogger("refsr.models")
 
 MODEL_FORMAT = "refsr.model/1"
-KINDS = ("ldm", "ldm-ca")
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # LDM-SR's noise schedule (CompVis ldm-super-resolution-4x-openimages)
@@ -41,7 +41,6 @@ SCHEDULER_CONFIG = {
     "prediction_type": "epsilon",
     "clip_sample": False,
 }
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 TOP_KEYS = {"scale", "patch_size", "ref_size", "max_refs", "vqvae", "unet", "ref_branch", "scheduler", "train"}
 REF_BRANCH_KEYS = {"ca_levels", "head_dim", "aggregation"}
 TRAIN_DEFAULTS = {

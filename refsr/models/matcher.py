@@ -29,13 +29,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..constants import EXPORT_DTYPES
 from ..errors import InputError, MissingWeightsError
 
 SHIPPED_MATCHER = Path(__file__).resolve().parents[1] / "weights" / "matcher"  # `--matcher shipped`
 MATCHER_SPECS = ("shipped", "imagenet", "none")  # besides a folder
 LEGACY_FORMAT = "refsr.matcher/1"
 LEGACY_WEIGHTS = "model.safetensors"
-EXPORT_DTYPES = ("float16", "float32")
 RANDOM_INIT_SEED = 0  # `none` builds the same random network in every process
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

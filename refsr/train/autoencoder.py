@@ -26,6 +26,7 @@ from torch import nn
 
 from ..models.autoencoder import (LatentSpec, PatchDiscriminator, build_vqvae, hinge_d_loss, latent_statistics,
                                   vq_downsampling, write_latent_spec)
+from ..constants import DECODE_MODES
 from ..io import image_to_tensor, read_rgb
 from ..models.ldm import load_config
 from .data import CropDataset, image_paths, split_images
@@ -78,7 +79,6 @@ class AutoencoderModule(nn.Module):
         return loss, logs
 
 
-DECODE_MODES = ("quantized", "continuous")
 EVAL_BORDER = 4
 EVAL_FORMAT = "refsr.autoencoder-eval/1"
 

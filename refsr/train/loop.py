@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..constants import LR_SCHEDULES, MIXED_PRECISION
 from ..errors import InputError, OutputError
 from ..io import atomic_path, replace_dir, write_json
 from ..progress import is_quiet, progress
@@ -45,8 +46,6 @@ log = logging.getLogger("refsr.train")
 
 CHECKPOINT_FORMAT = "refsr.checkpoint/1"
 RUN_FORMAT = "refsr.train/1"
-LR_SCHEDULES = ("cosine", "constant")
-MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
 @dataclass

@@ -42,10 +42,6 @@ from .loop import Stage, TrainOptions, claim_run_folder, run_training, save_grid
 
 log = logging.getLogger("refsr.train")
 
-# loop options of the matcher stage when the command line leaves them unset
-MATCHER_TRAIN_DEFAULTS = {"batch_size": 32, "lr": 3e-4, "grad_clip": 1.0, "ema_decay": 0.99, "warmup_steps": 50,
-                          "lr_schedule": "cosine", "validate_every": 500}
-
 
 # ---------------------------------------------------------------------------------------
 # The network to start from (the network itself: refsr.models.matcher.MatcherNet)

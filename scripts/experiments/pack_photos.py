@@ -11,7 +11,7 @@ training birds, one per species in turn, until the budget is spent.
     python scripts/experiments/pack_photos.py ../shared/data gpu_data --budget-mb 20
 
 Writes PACK/birds/<Species>/*, PACK/general/<set>/*, PACK/split/{train,val,test,
-test_general}.txt (paths relative to the list, as `refsr train --data LIST.txt` reads them;
+test_general}.txt (paths relative to the list, as `refsr train autoencoder LIST.txt` reads them;
 birds of one species share a folder, so
 ``refsr match --group-by parent`` finds same-species references) and PACK/pack.json.
 """

@@ -81,13 +81,13 @@ if has train; then
   else
     start=(--vqvae "$OUT_DIR/runs/vq/model")
     stamp "train the VQ autoencoder on the training HR crops"
-    $REFSR train --stage autoencoder --data "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
+    $REFSR train autoencoder "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" \
       --no-lpips -o "$OUT_DIR/runs/vq" --resume --max-minutes "${AE_MAX_MINUTES:-$MAX_MINUTES}" "${common[@]}" \
       > "$OUT_DIR/train_vq.log" 2>&1
   fi
   stamp "train ldm and ldm-ca: same config, seed, data order, steps and time cap"
   for kind in ldm ldm-ca; do
-    $REFSR train --stage diffusion --kind "$kind" --data "$WORK/pairs_train/manifest.jsonl" \
+    $REFSR train diffusion "$WORK/pairs_train/manifest.jsonl" --kind "$kind" \
         --matches "$WORK/matches_train.jsonl" "${start[@]}" --steps "$STEPS" \
         "${REFS_OPT[@]}" -o "$OUT_DIR/runs/$kind" --resume --max-minutes "$MAX_MINUTES" "${common[@]}" \
         > "$OUT_DIR/train_$kind.log" 2>&1 &
