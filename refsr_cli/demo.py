@@ -19,7 +19,7 @@ from .common import StageCommand, device_option, report, seed_option, warn
 @click.option("--clip-pretrained", default="laion2b_s34b_b79k", show_default=True,
               help="OpenCLIP tag for stage 1 ('none' = random weights; used anyway when not cached).")
 @click.option("--matcher", default=None,
-              help="Patch matcher: shipped (default), imagenet, none or a folder from `refsr train --stage matcher`.")
+              help="Patch matcher: shipped (default), imagenet, none or a folder from `refsr train matcher`.")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="wavelet", show_default=True,
               help="Match the restored images' low-frequency colour to the upsampled input (as StableSR).")
 @seed_option

@@ -25,7 +25,7 @@ from .common import StageCommand, device_option, overwrite_option, report, shard
 @click.option("--matcher", default="shipped", show_default=True,
               help="Patch matcher: shipped (the trained matcher shipped with refsr, refsr/weights/matcher), "
               "imagenet (torchvision ResNet-34, cached weights), none (random, seed 0), or a trained matcher "
-              "folder (from `refsr train --stage matcher`).")
+              "folder (from `refsr train matcher`).")
 @click.option("--nms-iou", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Windows of one image overlapping a better one by more than this IoU are dropped.")
 @click.option("--save-crops", type=click.Path(file_okay=False), default=None, help="Also write the fragments as PNGs here.")

@@ -2,7 +2,7 @@
 
 :class:`MatcherNet` maps images to feature maps: a torchvision ResNet cut after
 ``layer{depth}`` (:class:`ResNetTrunk`), then, for a trained matcher, a per-cell projection
-head (two 1x1 convolutions, trained by ``refsr train --stage matcher``). Because the head
+head (two 1x1 convolutions, trained by ``refsr train matcher``). Because the head
 acts on every cell, ``match`` pools the projected map over a window exactly as training
 pools it over a patch. :func:`load_matcher` is the one place a matcher spec (``shipped``,
 ``imagenet``, ``none`` or a folder) is turned into a network.
