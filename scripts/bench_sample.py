@@ -2,11 +2,16 @@
 references, the share of time in cross-attention per decoder level, and the ratio to
 diffusers' LDMSuperResolutionPipeline with the same U-Net, VQ, steps and input.
 
-Randomly initialised models (the timing does not depend on the weights).
+Randomly initialised models (the timing does not depend on the weights). The variants are
+run interleaved (one call of each per repetition, after a warm-up), so load drifts on a
+shared machine hit them alike; seconds are medians over the repetitions and a ratio is the
+median of the per-repetition ratios.
 
-    python scripts/bench_sample.py                 # CPU: `small` config, 32-128 px LR
+    python scripts/bench_sample.py                 # CPU: `small` config, 32-256 px LR
+    python scripts/bench_sample.py --sizes 32,64 --refs 0,10 --repeats 5   # CPU ratio check
     python scripts/bench_sample.py --quick         # CUDA: `paper` config, 128-512 px, < 3 min on an H100
-    python scripts/bench_sample.py --config paper --sizes 128,256,512,1024 --steps 20
+    python scripts/bench_sample.py --config paper --sizes 128 --refs 0,10 --precision bf16 \
+        --sampler dpmpp --steps 20 --repeats 5 --tile 128   # GPU target: 512x512 output, 10 refs
 """
 
 from __future__ import annotations
@@ -87,25 +92,44 @@ class AttentionTimer:
             h.remove()
 
 
-def timed(fn, device, repeats: int = 1):
-    """(seconds, peak bytes) of fn(), the best of ``repeats`` after one warm-up call."""
-    fn()
-    best, peak = float("inf"), 0
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict, device, repeats: int) -> dict:
+    """{name: (median seconds, peak bytes, per-repetition seconds)}: one warm-up call of each,
+    then ``repeats`` rounds calling every function once, in turn."""
+    import statistics
+
+    for fn in fns.values():
+        fn()
+    times, peaks = {k: [] for k in fns}, {k: 0 for k in fns}
     for _ in range(repeats):
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        peak = max(peak, mem.peak)
-    return best, peak
+        for name, fn in fns.items():
+            with PeakMemory(device) as mem:
+                _sync(device)
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+            peaks[name] = max(peaks[name], mem.peak)
+    return {k: (statistics.median(times[k]), peaks[k], times[k]) for k in fns}
 
 
-def build_models(config: str, device):
+def ratio(results: dict, name: str, base: str) -> float:
+    """Median over the repetitions of seconds(name) / seconds(base), same repetition."""
+    import statistics
+
+    return statistics.median(a / b for a, b in zip(results[name][2], results[base][2]))
+
+
+def build_models(config: str, device, sampler: str | None = None):
     """An ``ldm`` and an ``ldm-ca`` model sharing VQ and U-Net weights, plus the diffusers
-    pipeline on the same VQ, U-Net and DDIM schedule."""
+    pipeline on the same VQ, U-Net and schedule (``sampler``'s scheduler, DDIM by default)."""
     from diffusers import DDIMScheduler
+
+    from refsr.sample.samplers import make_scheduler
     from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion_superresolution import LDMSuperResolutionPipeline
 
     from refsr.models import RefSRModel
@@ -113,40 +137,48 @@ def build_models(config: str, device):
     torch.manual_seed(0)
     ca = RefSRModel.from_config(config, kind="ldm-ca").to(device).eval()
     ldm = RefSRModel(ca.vqvae, ca.unet, None, ca.scheduler_config, "ldm", ca.scale, ca.patch_size, ca.ref_size).eval()
-    pipe = LDMSuperResolutionPipeline(vqvae=ca.vqvae, unet=ca.unet, scheduler=DDIMScheduler(**ca.scheduler_config))
+    scheduler = make_scheduler(sampler, ca.scheduler_config) if sampler else DDIMScheduler(**ca.scheduler_config)
+    pipe = LDMSuperResolutionPipeline(vqvae=ca.vqvae, unet=ca.unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return ldm, ca, pipe
 
 
 def run_size(size, ldm, ca, pipe, args, device):
-    """All variants at one LR size; returns rows of (variant, refs, seconds, peak bytes, note)."""
+    """All variants at one LR size, interleaved; rows of (variant, refs, seconds, peak bytes, ratio, note)."""
     from refsr.sample import SampleSettings, restore_tensor
 
-    settings = SampleSettings(steps=args.steps, tile=args.tile, tile_overlap=args.tile_overlap,
+    settings = SampleSettings(sampler=args.sampler, steps=args.steps, tile=args.tile, tile_overlap=args.tile_overlap,
                               precision=args.precision, batch_size=args.batch_size)
     lr = torch.rand(1, 3, size, size, device=device) * 2 - 1
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    rows = []
+    fns = {}
     if size <= args.tile or args.tile == 0:  # the pipeline has no tiling: compare untiled only
         def run_pipe():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 pipe(lr, num_inference_steps=args.steps, eta=0.0, generator=gen(), output_type="pt")
-        rows.append(("diffusers", 0, *timed(run_pipe, device, args.repeats), ""))
-    rows.append(("ldm", 0, *timed(lambda: restore_tensor(ldm, lr, settings=settings, generator=gen(), disable=True), device, args.repeats), ""))
+        fns[("diffusers", 0)] = run_pipe
+    fns[("ldm", 0)] = lambda: restore_tensor(ldm, lr, settings=settings, generator=gen(), disable=True)
     for r in args.refs:
         refs = None if r == 0 else torch.rand(1, r, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1
-        fn = lambda: restore_tensor(ca, lr, refs, settings=settings, generator=gen(), disable=True)  # noqa: E731
-        seconds, peak = timed(fn, device, args.repeats)
-        note = ""
-        if r == max(args.refs) and r > 0:
-            timer = AttentionTimer(ca)
-            t0 = time.perf_counter()
-            fn()
-            total = time.perf_counter() - t0
-            timer.remove()
-            note = "xattn " + " ".join(f"L{k}:{100 * v / total:.1f}%" for k, v in sorted(timer.totals.items()))
-        rows.append(("ldm-ca", r, seconds, peak, note))
+        fns[("ldm-ca", r)] = lambda refs=refs: restore_tensor(ca, lr, refs, settings=settings, generator=gen(), disable=True)
+    res = interleaved(fns, device, args.repeats)
+    rows = []
+    for (variant, r), (seconds, peak, _) in res.items():
+        base = ("diffusers", 0) if variant == "ldm" else ("ldm", 0)
+        x = f"{ratio(res, (variant, r), base):.3f}x {base[0]}" if variant != "diffusers" and base in res else ""
+        share = variant == "ldm-ca" and r == max(args.refs) and r > 0
+        rows.append((variant, r, seconds, peak, x, _attention_share(ca, fns[(variant, r)]) if share else ""))
     return rows
+
+
+def _attention_share(ca, fn) -> str:
+    """One more call of ``fn`` with timers on the cross-attention levels."""
+    timer = AttentionTimer(ca)
+    t0 = time.perf_counter()
+    fn()
+    total = time.perf_counter() - t0
+    timer.remove()
+    return "xattn " + " ".join(f"L{k}:{100 * v / total:.1f}%" for k, v in sorted(timer.totals.items()))
 
 
 def main():
@@ -155,13 +187,15 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", default=None, help="LR sizes in px, comma separated")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--sampler", default="ddim", help="ddim, dpmpp or ddpm (refsr sample --sampler)")
     parser.add_argument("--refs", default="0,1,10", help="numbers of references for ldm-ca")
     parser.add_argument("--tile", type=int, default=None, help="tile in LR px (default 64 on CPU, 128 on CUDA)")
     parser.add_argument("--tile-overlap", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (medians)")
     parser.add_argument("--quick", action="store_true", help="a short run (< 3 min on one H100)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     args = parser.parse_args()
 
     from refsr.device import resolve_device
@@ -175,26 +209,20 @@ def main():
     args.steps = args.steps or (10 if (args.quick or not cuda) else 20)
     args.refs = [int(r) for r in args.refs.split(",")]
     if not cuda:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
 
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
-    print(f"# bench_sample: {name} ({device}), torch {torch.__version__}, {os.cpu_count()} CPUs, config {args.config}, "
-          f"steps {args.steps} (DDIM), tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, {args.precision}")
-    ldm, ca, pipe = build_models(args.config, device)
+    print(f"# bench_sample: {name} ({device}), torch {torch.__version__}, {os.cpu_count()} CPUs "
+          f"({torch.get_num_threads()} threads), config {args.config}, "
+          f"steps {args.steps} ({args.sampler}), tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
+          f"{args.precision}, {args.repeats} interleaved repetitions (medians)")
+    ldm, ca, pipe = build_models(args.config, device, args.sampler)
     print(f"# ref_size {ca.ref_size}, cross-attention levels {ca.ref_branch.levels}; memory = peak "
           f"{'CUDA allocated' if cuda else 'RSS growth'} during the call")
     print(f"{'LR px':>6} {'variant':>9} {'refs':>4} {'s/img':>8} {'peak MB':>8} {'ratio':>22}  notes")
     for size in sizes:
-        rows = run_size(size, ldm, ca, pipe, args, device)
-        base = {v: s for v, r, s, _, _ in rows if r == 0}
-        for variant, r, seconds, peak, note in rows:
-            if variant == "ldm" and "diffusers" in base:
-                ratio = f"{seconds / base['diffusers']:.3f}x diffusers"
-            elif variant == "ldm-ca":
-                ratio = f"{seconds / base['ldm']:.3f}x ldm"
-            else:
-                ratio = ""
-            print(f"{size:>6} {variant:>9} {r:>4} {seconds:>8.3f} {peak / 2**20:>8.1f} {ratio:>22}  {note}", flush=True)
+        for variant, r, seconds, peak, x, note in run_size(size, ldm, ca, pipe, args, device):
+            print(f"{size:>6} {variant:>9} {r:>4} {seconds:>8.3f} {peak / 2**20:>8.1f} {x:>22}  {note}", flush=True)
     print("# targets: ldm <= 1.05x diffusers; ldm-ca with 10 refs <= 1.3x ldm; peak memory flat once tiled")
 
 

@@ -96,6 +96,68 @@ def test_other_aggregations_respect_the_mask(aggregation):
     assert torch.equal(padded[1], plain[1])  # no real reference: untouched
 
 
+def _level_as_written(level, h, f_lr, ref_feats, mask, aggregation):
+    """The cross-attention level computed straight from its definition (1x1 convs on the
+    concatenation, one attention per reference): the reference for the split, cached form."""
+    import torch.nn.functional as F
+
+    from refsr.models.ref_branch import _aggregate
+
+    b, c, hh, ww = h.shape
+    r = mask.shape[1]
+    heads = lambda x: x.flatten(2).transpose(1, 2).reshape(x.shape[0], -1, level.heads, level.head_dim).transpose(1, 2)  # noqa: E731
+    q = heads(level.to_q(torch.cat([level.norm_h(h), level.norm_lr(f_lr)], dim=1)))
+    x = level.norm_ref(ref_feats)
+    k, v = heads(level.to_k(x)).reshape(b, r, level.heads, -1, level.head_dim), heads(level.to_v(x)).reshape(b, r, level.heads, -1, level.head_dim)
+    if aggregation == "joint":
+        kj, vj = (t.transpose(1, 2).reshape(b, level.heads, -1, level.head_dim) for t in (k, v))
+        tok = mask[:, :, None].expand(b, r, k.shape[3]).reshape(b, 1, 1, -1) | ~mask.any(1).view(b, 1, 1, 1)
+        o = F.scaled_dot_product_attention(q, kj, vj, attn_mask=tok)
+    else:
+        o = torch.stack([F.scaled_dot_product_attention(q, k[:, j], v[:, j]) for j in range(r)], dim=1)
+        o = _aggregate(o, mask, aggregation)
+    o = o.transpose(1, 2).reshape(b, hh * ww, -1).transpose(1, 2).reshape(b, -1, hh, ww)
+    return level.to_out(o) * mask.any(1).float().view(b, 1, 1, 1)
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "max", "joint"])
+def test_split_query_and_batched_references_equal_the_definition(aggregation):
+    """q = W_h GN(h) + (W_lr GN(f_LR) + b) with the LR part cached, K/V cached contiguous,
+    all references in one call: the same update as the written-out formula, within 1e-5."""
+    from refsr.models.ref_branch import CrossAttentionLevel
+
+    torch.manual_seed(0)
+    level = CrossAttentionLevel(dec_channels=32, feat_channels=16, head_dim=8, norm_groups=4).eval()
+    for p in level.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    b, r = 3, 4
+    h, f_lr = torch.randn(b, 32, 6, 5), torch.randn(b, 16, 6, 5)
+    ref_feats = torch.randn(b * r, 16, 4, 4)
+    mask = torch.tensor([[True, False, True, True], [False, False, False, False], [True, True, True, True]])
+    with torch.no_grad():
+        keys, values = level.keys_values(ref_feats, b)
+        out = level(h, level.query_lr(f_lr), keys, values, mask, aggregation)
+        want = _level_as_written(level, h, f_lr, ref_feats, mask, aggregation)
+    assert keys.is_contiguous() and values.is_contiguous() and keys.shape == (b, r, level.heads, 16, 8)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))  # no real reference: no update
+
+
+def test_no_real_reference_never_enters_the_hooked_forward(monkeypatch):
+    """The context says on the host that no image has a reference: plain ``unet(...)``."""
+    import refsr.models.ldm as ldm
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm-ca").eval()
+    noisy, t, lr, refs = _inputs(model, b=2, r=2)
+    with torch.no_grad():
+        ctx = model.encode_references(refs, torch.zeros(2, 2, dtype=torch.bool))
+        assert ctx.any_real is False and model.encode_references(refs).any_real is True
+        monkeypatch.setattr(ldm, "unet_forward", lambda *a, **k: pytest.fail("hooked forward without references"))
+        out = model(noisy, t, lr, None, ctx)
+    assert torch.equal(out, model.unet(torch.cat([noisy, lr], 1), t).sample)
+
+
 def test_training_steps_reach_every_branch_parameter():
     torch.manual_seed(0)
     model = RefSRModel.from_config(MICRO, kind="ldm-ca")

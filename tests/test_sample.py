@@ -88,6 +88,31 @@ def test_cached_contexts_equal_recomputing_each_step(ca_model, coffee, astronaut
     assert (out[True] - no_refs).abs().max() > 1e-3  # the references really take part
 
 
+def test_lr_contexts_over_the_cache_budget_are_recomputed_with_the_same_result(ca_model, coffee, astronaut, monkeypatch):
+    """Tiles beyond the LR-context budget recompute E_LR at each step from their kept input:
+    same bytes as caching every tile; the references are encoded once per image, not per tile."""
+    import refsr.sample.core as core
+
+    lr, refs = _tensor(_lr(coffee, 40, 16)), torch.cat([_tensor(_lr(astronaut, 64, 64)), _tensor(_lr(coffee, 64, 64))])[None]
+    s = SampleSettings(steps=2, tile=16, tile_overlap=4, batch_size=2)
+    calls = {"refs": 0, "lr": 0}
+    for name in ("encode_references", "encode_lr"):
+        original = getattr(ca_model, name)
+
+        def counted(*a, _original=original, _key="refs" if name == "encode_references" else "lr", **k):
+            calls[_key] += 1
+            return _original(*a, **k)
+
+        monkeypatch.setattr(ca_model, name, counted)
+    cached = restore_tensor(ca_model, lr, refs, settings=s, generator=torch.Generator().manual_seed(0))
+    tiles = calls["lr"]
+    assert calls["refs"] == 1 and tiles >= 3  # once per image, once per tile
+    monkeypatch.setattr(core, "LR_CONTEXT_CACHE_BYTES", 0)  # only the first tile's context is kept
+    recomputed = restore_tensor(ca_model, lr, refs, settings=s, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(cached, recomputed)
+    assert calls["lr"] - tiles == 1 + 2 * (tiles - 1)  # tile 0 once, the others at both steps
+
+
 def _border_vs_inside(image, borders):
     """Mean |horizontal gradient| at the given column boundaries and at all others."""
     dx = (image[0, :, :, 1:] - image[0, :, :, :-1]).abs().mean(dim=(0, 1))

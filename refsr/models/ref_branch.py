@@ -17,6 +17,12 @@ Layout (DESIGN.md, section Model; departures in docs/architecture.md):
   reference's features at the same resolution, one ``scaled_dot_product_attention`` per
   reference, aggregation over the real references, zero-initialised output projection,
   added to ``h``.
+
+Cost at sampling time: everything that does not depend on the timestep is computed once
+per image (or tile). The query projection is linear in its concatenated input, so
+``W_q [GN(h) || GN(f_LR)] + b = W_h GN(h) + (W_lr GN(f_LR) + b)``: the bracket is kept in
+:class:`LRContext`; keys and values are kept contiguous in the layout
+``scaled_dot_product_attention`` takes, and all references of a batch go through one call.
 """
 
 from __future__ import annotations
@@ -35,13 +41,14 @@ AGGREGATIONS = ("mean", "sum", "max", "joint")
 
 @dataclass
 class LRContext:
-    """E_LR features, computed once per LR image (or tile).
+    """The LR side of the queries, computed once per LR image (or tile) from E_LR's features.
 
     Attributes:
-        features (`dict[int, torch.Tensor]`): resolution index -> (B, C_r, h/2^r, w/2^r).
+        queries (`dict[int, torch.Tensor]`): decoder position i -> (B, H_i, W_i, inner),
+            channels last: ``W_lr GN(f_LR) + b_q``, the timestep-free part of the query.
     """
 
-    features: dict[int, torch.Tensor] = field(default_factory=dict)
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,14 +56,18 @@ class RefContext:
     """Per-level keys and values of the references, computed once per image.
 
     Attributes:
-        keys (`dict[int, torch.Tensor]`): up-block index -> (B, R, heads, N, head_dim).
+        keys (`dict[int, torch.Tensor]`): up-block index -> (B, R, heads, N, head_dim),
+            contiguous (so ``flatten(0, 1)`` is the (B*R, heads, N, head_dim) view SDPA takes).
         values (`dict[int, torch.Tensor]`): same layout as ``keys``.
         mask (`torch.Tensor`): (B, R) bool, True where the reference is real.
+        any_real (`bool`, defaults to True): some image has a real reference; read on the
+            host once when the context is made, so a denoising step never waits on the device.
     """
 
     keys: dict[int, torch.Tensor]
     values: dict[int, torch.Tensor]
     mask: torch.Tensor
+    any_real: bool = True
 
     @property
     def has_refs(self) -> torch.Tensor:
@@ -133,40 +144,54 @@ class CrossAttentionLevel(nn.Module):
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, inner, h, w) -> (N, heads, h*w, head_dim)."""
-        n = x.shape[0]
-        return x.flatten(2).transpose(1, 2).reshape(n, -1, self.heads, self.head_dim).transpose(1, 2)
+    def _weight(self, conv: nn.Conv2d, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """A 1x1 conv's weight as a (out, in) matrix, input channels ``lo:hi``."""
+        return conv.weight.flatten(1)[:, lo:hi]
+
+    def _heads(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L, inner) -> (N, heads, L, head_dim), a view (last stride 1, as SDPA wants)."""
+        return tokens.unflatten(2, (self.heads, self.head_dim)).transpose(1, 2)
+
+    def query_lr(self, f_lr: torch.Tensor) -> torch.Tensor:
+        """(B, C_f, H, W) E_LR features -> (B, H, W, inner): ``W_lr GN(f_LR) + b_q``, the
+        timestep-free part of the query (the input channels of ``to_q`` after ``dec_channels``)."""
+        dec = self.norm_h.num_channels
+        x = self.norm_lr(f_lr).permute(0, 2, 3, 1)
+        return F.linear(x, self._weight(self.to_q, dec), self.to_q.bias)
 
     def keys_values(self, ref_feats: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B*R, C, s, s) E_Ref features -> keys, values (B, R, heads, s*s, head_dim)."""
-        x = self.norm_ref(ref_feats)
-        k, v = self._heads(self.to_k(x)), self._heads(self.to_v(x))
-        shape = (batch, -1) + k.shape[1:]
-        return k.reshape(shape), v.reshape(shape)
+        """(B*R, C, s, s) E_Ref features -> keys, values (B, R, heads, s*s, head_dim), contiguous."""
+        x = self.norm_ref(ref_feats).flatten(2).transpose(1, 2)
+        k = self._heads(F.linear(x, self._weight(self.to_k), self.to_k.bias)).contiguous()
+        v = self._heads(F.linear(x, self._weight(self.to_v), self.to_v.bias)).contiguous()
+        return k.unflatten(0, (batch, -1)), v.unflatten(0, (batch, -1))
 
-    def forward(self, h, f_lr, keys, values, mask, aggregation: str = "mean") -> torch.Tensor:
+    def forward(self, h, q_lr, keys, values, mask, aggregation: str = "mean") -> torch.Tensor:
         """Return the update to add to ``h``: (B, C, H, W), zero where ``mask`` has no True.
 
         Args:
-            h: (B, C, H, W) decoder features. f_lr: (B, C_f, H, W) E_LR features.
+            h: (B, C, H, W) decoder features. q_lr: (B, H, W, inner) from :meth:`query_lr`.
             keys, values: (B, R, heads, N, head_dim). mask: (B, R) bool.
         """
-        b, _, height, width = h.shape
-        q = self._heads(self.to_q(torch.cat([self.norm_h(h), self.norm_lr(f_lr)], dim=1)))
+        b, c, height, width = h.shape
+        # 1. q = W_h GN(h) + q_lr (the LR part was computed once per image)
+        hn = self.norm_h(h).flatten(2).transpose(1, 2)
+        w_h = self._weight(self.to_q, 0, c).T.expand(b, -1, -1)
+        q = self._heads(torch.baddbmm(q_lr.reshape(b, height * width, -1), hn, w_h))
         r = keys.shape[1]
         if aggregation == "joint":  # one softmax over the tokens of every real reference
             k = keys.transpose(1, 2).reshape(b, self.heads, -1, self.head_dim)
             v = values.transpose(1, 2).reshape(b, self.heads, -1, self.head_dim)
             tok_mask = mask[:, :, None].expand(b, r, keys.shape[3]).reshape(b, 1, 1, -1)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=tok_mask | ~mask.any(1).view(b, 1, 1, 1))
-        else:  # one attention per reference, then aggregate
+        else:  # 2. every reference in one call (folded into the batch), then aggregate
             qr = q[:, None].expand(b, r, *q.shape[1:]).reshape(b * r, *q.shape[1:])
             o = F.scaled_dot_product_attention(qr, keys.flatten(0, 1), values.flatten(0, 1))
-            o = _aggregate(o.reshape(b, r, *o.shape[1:]), mask, aggregation)
-        o = o.transpose(1, 2).reshape(b, height * width, -1).transpose(1, 2).reshape(b, -1, height, width)
-        out = self.to_out(o)
-        return out * mask.any(dim=1).to(out.dtype).view(b, 1, 1, 1)
+            o = _aggregate(o.unflatten(0, (b, r)), mask, aggregation)
+        # 3. output projection on (B, L, inner) tokens, gated by "has a real reference"
+        out = F.linear(o.transpose(1, 2).flatten(2), self._weight(self.to_out), self.to_out.bias)
+        gate = mask.any(dim=1).to(out.dtype).view(b, 1, 1)
+        return (out * gate).transpose(1, 2).reshape(b, c, height, width)
 
 
 def _groups(groups: int, channels: int) -> int:
@@ -248,7 +273,8 @@ class RefBranch(ModelMixin, ConfigMixin):
             mask: (B, R) bool.
         """
         b, r = mask.shape
-        feats = self.e_ref(ref_inputs[mask]) if mask.any() else None
+        any_real = bool(mask.any())  # the one host read of the mask
+        feats = self.e_ref(ref_inputs[mask]) if any_real else None
         keys, values = {}, {}
         for i in self.levels:
             level = self.attn[str(i)]
@@ -262,16 +288,25 @@ class RefBranch(ModelMixin, ConfigMixin):
             full = f.new_zeros(b * r, *f.shape[1:])
             full[mask.flatten()] = f
             keys[i], values[i] = level.keys_values(full, b)
-        return RefContext(keys, values, mask)
+        return RefContext(keys, values, mask, any_real)
+
+    def encode_lr(self, lr_inputs: torch.Tensor) -> LRContext:
+        """E_LR, then the LR part of every level's query.
+
+        Args:
+            lr_inputs: (B, latent+3, h, w) VQ latent || upsampled LR at latent size.
+        """
+        feats = self.e_lr(lr_inputs)
+        return LRContext({i: self.attn[str(i)].query_lr(feats[self.resolution[i]]) for i in self.levels})
 
     def inject(self, i: int, h: torch.Tensor, lr_ctx: LRContext, ref_ctx: RefContext) -> torch.Tensor:
         """``h`` at decoder position ``i`` plus the cross-attention update (``h`` if ``i`` has none)."""
         if i not in self.resolution:
             return h
-        f_lr = lr_ctx.features[self.resolution[i]]
-        if f_lr.shape[-2:] != h.shape[-2:]:
-            raise ValueError(f"LR features {tuple(f_lr.shape[-2:])} do not match decoder features {tuple(h.shape[-2:])}")
-        update = self.attn[str(i)](h, f_lr, ref_ctx.keys[i], ref_ctx.values[i], ref_ctx.mask, self.config.aggregation)
+        q_lr = lr_ctx.queries[i]
+        if q_lr.shape[1:3] != h.shape[-2:]:
+            raise ValueError(f"LR features {tuple(q_lr.shape[1:3])} do not match decoder features {tuple(h.shape[-2:])}")
+        update = self.attn[str(i)](h, q_lr, ref_ctx.keys[i], ref_ctx.values[i], ref_ctx.mask, self.config.aggregation)
         return h + update
 
 

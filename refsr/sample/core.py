@@ -22,6 +22,9 @@ from .samplers import SAMPLERS, denoise, make_scheduler
 from .tiling import Tile, blend_tiles, blend_weights, lr_multiple, pad_to_multiple, tile_grid
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# The LR contexts of an image's tiles kept across denoising steps, at most (bytes); the
+# tiles beyond it recompute E_LR at each step (the same values: outputs do not depend on it).
+LR_CONTEXT_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -120,6 +123,8 @@ def tree_cat(items: list):
         return None
     if len(items) == 1:
         return first
+    if isinstance(first, bool):  # e.g. RefContext.any_real
+        return any(items)
     if isinstance(first, torch.Tensor):
         return torch.cat(items, dim=0)
     if dataclasses.is_dataclass(first):
@@ -186,24 +191,45 @@ def _lr_tile(canvas: _Canvas, tile: Tile | None):
     return canvas.lr[:, :, y0:y1, x0:x1], canvas.lr_up[:, :, ys, xs]
 
 
+def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings) -> Callable:
+    """``lr_context(k)``: the LR context of tile ``k`` (see ``RefSRModel.encode_lr``).
+
+    Kept across steps while all tiles' contexts together stay within ``LR_CONTEXT_CACHE_BYTES``;
+    beyond that a tile keeps only its E_LR input (VQ latent || LR at latent size, a few
+    channels at latent size) and E_LR runs again at each step, so memory stays flat in image
+    size. ``cache_context`` off: everything is recomputed at each step (tests)."""
+    tiles = canvas.tiles or [None]
+    encode = lambda k: model.encode_lr(_lr_tile(canvas, tiles[k])[1])  # noqa: E731
+    if not settings.cache_context:
+        return encode
+    contexts, inputs, used, size = {}, {}, 0, 0
+    for k in range(len(tiles)):
+        if used + size <= LR_CONTEXT_CACHE_BYTES:
+            contexts[k] = encode(k)
+            size = sum(t.numel() * t.element_size() for t in contexts[k].queries.values())
+            used += size
+        else:
+            inputs[k] = model.branch_input(_lr_tile(canvas, tiles[k])[1])
+    return lambda k: contexts[k] if k in contexts else model.encode_lr(inputs=inputs[k])
+
+
 def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSettings):
-    """Steps 2-3: contexts (once, unless ``cache_context`` is off) and ``eps_fn(x, t)``."""
+    """Steps 2-3: contexts and ``eps_fn(x, t)``. The reference keys/values are computed once
+    per image, the LR contexts once per tile (see :func:`_lr_context_fn`); with
+    ``cache_context`` off, both at every step."""
     use_refs = getattr(model, "kind", "ldm") == "ldm-ca" and refs is not None and bool(ref_mask.any())
     tiles = canvas.tiles or [None]
-
-    def contexts(k):
-        if not use_refs:
-            return None, None
-        return model.encode_lr(_lr_tile(canvas, tiles[k])[1]), model.encode_references(refs, ref_mask)
-
-    cached = [contexts(k) for k in range(len(tiles))] if settings.cache_context else None
+    if use_refs:
+        lr_context = _lr_context_fn(model, canvas, settings)
+        ref_cached = model.encode_references(refs, ref_mask) if settings.cache_context else None
 
     def predict(x, t, idx):
-        ctx = [cached[k] if cached is not None else contexts(k) for k in idx]
         n = len(idx)
         lr = tree_cat([_lr_tile(canvas, tiles[k])[0] for k in idx])
-        ref_ctx = tree_repeat(ctx[0][1], n)
-        lr_ctx = tree_cat([c[0] for c in ctx])
+        lr_ctx = ref_ctx = None
+        if use_refs:
+            lr_ctx = tree_cat([lr_context(k) for k in idx])
+            ref_ctx = tree_repeat(ref_cached if ref_cached is not None else model.encode_references(refs, ref_mask), n)
         return model(x, t.reshape(1).expand(n), lr, lr_context=lr_ctx, ref_context=ref_ctx).float()
 
     if canvas.tiles is None:
