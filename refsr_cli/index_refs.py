@@ -23,7 +23,8 @@ from .common import StageCommand, device_option, report, shard_option, warn, wor
 @device_option
 @click.option("--prune", is_flag=True, help="Drop index entries whose files no longer exist.")
 @shard_option
-@click.option("--build", is_flag=True, help="Only merge the embedding parts in DIR/parts (e.g. of all shards) into the index.")
+@click.option("--merge", "--build", "build", is_flag=True,
+              help="Only merge the embedding parts in DIR/parts (e.g. of all shards) into the index (--build: same).")
 @click.option("--info", is_flag=True, help="Only print count, model, dimension and size on disk of the index.")
 def index_refs(inputs, index_dir, clip_model, deprecated_model, pretrained, weights, batch_size, workers, device, prune,
                shard, build, info):
@@ -33,14 +34,14 @@ def index_refs(inputs, index_dir, clip_model, deprecated_model, pretrained, weig
     Writes DIR/index.json, DIR/items.jsonl and DIR/index.bin (replaced atomically), and
     DIR/parts/ while embedding. Reruns embed only new files (by sha256); an interrupted
     run resumes. With --shard K/N each job embeds every N-th file into
-    DIR/parts/part-K-of-N.npz; the last shard to finish (or --build) builds the index.
+    DIR/parts/part-K-of-N.npz; the last shard to finish (or --merge) merges them into the index.
 
     \b
     Examples:
       refsr index-refs refs/ --index refs.index/
       refsr index-refs refs/ more/ --index refs.index/ --prune      # later: add, drop gone
       refsr index-refs refs/ --index refs.index/ --shard 3/8         # job 3 of 8
-      refsr index-refs --index refs.index/ --build                  # merge all parts
+      refsr index-refs --index refs.index/ --merge                  # merge all parts
       refsr index-refs --index refs.index/ --info
     """
     from refsr.retrieval.embed import EmbedderSpec
@@ -57,7 +58,7 @@ def index_refs(inputs, index_dir, clip_model, deprecated_model, pretrained, weig
             report(f"{index_dir}: {s.count} images (+{s.added} added, {s.replaced} replaced, {s.pruned} pruned)")
         return
     if not inputs:
-        raise click.UsageError("give INPUTS to index (or --info / --build)")
+        raise click.UsageError("give INPUTS to index (or --info / --merge)")
     if deprecated_model is not None:
         if click.get_current_context().get_parameter_source("clip_model").name != "DEFAULT":
             raise click.UsageError("give --clip-model only (--model is its deprecated name)")
@@ -67,7 +68,7 @@ def index_refs(inputs, index_dir, clip_model, deprecated_model, pretrained, weig
     s = run_index_refs(list(inputs), index_dir, spec, batch_size=batch_size, workers=workers,
                        device=_device(device), prune=prune, shard=shard or (0, 1))
     built = f"index {s.count} images (+{s.added}, {s.replaced} replaced, {s.pruned} pruned)" if s.built else (
-        f"index unchanged ({s.count} images)" if (shard or (0, 1))[1] == 1 else "waiting for the other shards (or --build)")
+        f"index unchanged ({s.count} images)" if (shard or (0, 1))[1] == 1 else "waiting for the other shards (or --merge)")
     report(f"{index_dir}: embedded {s.embedded}, reused {s.reused}; {built}")
 
 

@@ -10,8 +10,8 @@ from .common import StageCommand, device_option, overwrite_option, report, shard
 
 
 @click.command("match", cls=StageCommand)
-@click.argument("queries", type=click.Path(exists=True))
-@click.option("--index", "index_dir", required=True, type=click.Path(exists=True, file_okay=False),
+@click.argument("queries", type=click.Path(exists=True), required=False)
+@click.option("--index", "index_dir", type=click.Path(exists=True, file_okay=False),
               help="Index folder made by `refsr index-refs`.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Matches file (.jsonl) to write.")
 @click.option("--top-images", type=click.IntRange(min=1), default=20, show_default=True, help="Stage 1: CLIP candidates per query.")
@@ -34,8 +34,10 @@ from .common import StageCommand, device_option, overwrite_option, report, shard
 @device_option
 @shard_option
 @overwrite_option
+@click.option("--merge", "merge_only", is_flag=True,
+              help="Only merge OUTPUT's shard parts (NAME.shard-K-of-N.jsonl) into OUTPUT.")
 def match(queries, index_dir, output, top_images, top_refs, patch, stride, query_kind, group_by, matcher,
-          nms_iou, save_crops, weights, device, shard, overwrite):
+          nms_iou, save_crops, weights, device, shard, overwrite, merge_only):
     """For each query in QUERIES (a folder of images, or a pair manifest.jsonl from
     `refsr degrade`), find the --top-refs best reference fragments in the index.
 
@@ -44,7 +46,8 @@ def match(queries, index_dir, output, top_images, top_refs, patch, stride, query
     candidate with ResNet-34 features and keeps the best, without overlaps. A query never
     gets its own source image. Writes OUTPUT (JSON Lines, format refsr.matches/1: id,
     query, refs [{path, box [x, y, w, h], score, image_score}], matcher); with --shard
-    K/N, OUTPUT's name gets .shard-K-of-N (join the shards with `cat`).
+    K/N, each shard writes its part NAME.shard-K-of-N.jsonl beside OUTPUT and the last shard
+    to finish merges all parts into OUTPUT (or run --merge afterwards).
 
     \b
     Examples:
@@ -52,13 +55,18 @@ def match(queries, index_dir, output, top_images, top_refs, patch, stride, query
       refsr match pairs/manifest.jsonl --index refs.index/ -o test.jsonl --query lr --group-by parent
       refsr match photos/ --index refs.index/ -o m.jsonl --matcher none --save-crops crops/
       refsr match pairs/manifest.jsonl --index refs.index/ -o m.jsonl --shard 0/4   # -> m.shard-0-of-4.jsonl
-      cat m.shard-*-of-4.jsonl > m.jsonl
+      refsr match --merge -o m.jsonl     # merge explicitly (the last shard to finish already does)
     """
     from refsr.device import resolve_device
     from refsr.retrieval.embed import Embedder
     from refsr.retrieval.index import open_index
-    from refsr.retrieval.match import MatchSettings, match_queries
+    from refsr.retrieval.match import MatchSettings, match_queries, merge_matches
 
+    if merge_only:
+        report(f"merged shard parts into {merge_matches(output)}")
+        return
+    if queries is None or index_dir is None:
+        raise click.UsageError("give QUERIES and --index (or --merge -o OUTPUT)")
     spec = Embedder.spec_for(open_index(index_dir).identity, weights) if weights else None
     settings = MatchSettings(top_images, top_refs, patch, stride, group_by, nms_iou)
     s = match_queries(queries, index_dir, output, settings, query_kind=query_kind, matcher=matcher,
@@ -69,3 +77,5 @@ def match(queries, index_dir, output, top_images, top_refs, patch, stride, query
     else:
         resumed = f" ({s.resumed} resumed from an interrupted run)" if s.resumed else ""
         report(f"{s.output}: {s.queries} queries matched{resumed}")
+    if s.merged:
+        report(f"all shards merged into {output}")

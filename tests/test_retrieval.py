@@ -20,7 +20,7 @@ from refsr.models.matcher import load_matcher
 from refsr.retrieval import index as index_mod
 from refsr.retrieval.embed import Embedder, EmbedderSpec
 from refsr.retrieval.index import build_index, index_info, index_refs, open_index
-from refsr.retrieval.match import (MatchSettings, match_queries, nms, pooled_window_features,
+from refsr.retrieval.match import (MatchSettings, match_queries, merge_matches, nms, pooled_window_features,
                                    score_windows, window_boxes)
 
 TINY = str(Path(__file__).parent / "data" / "tiny-clip-vit.json")
@@ -241,8 +241,14 @@ def test_sharded_index_equals_unsharded(refs, tmp_path, pixels):
     for p in whole:
         assert whole[p][:3] == sharded[p][:3]
         np.testing.assert_allclose(whole[p][3], sharded[p][3], atol=1e-6)
-    # --build is idempotent once the parts are consumed
+    # merging again is harmless once the parts are consumed (`refsr index-refs --merge`, as every sharded stage)
     assert build_index(tmp_path / "sharded").count == 6
+    from click.testing import CliRunner
+
+    from refsr_cli.main import cli
+
+    r = CliRunner().invoke(cli, ["index-refs", "--merge", "--index", str(tmp_path / "sharded")])
+    assert r.exit_code == 0 and "6 images (+0 added" in r.output, r.output
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,20 +385,32 @@ def test_sharded_match_equals_unsharded_and_resume(refs, tmp_path, pixels):
     for n in ("camera", "horse", "astronaut"):
         write_image(queries / f"{n}.png", pixels[n][:80, :96])
     settings = MatchSettings(**dict(SETTINGS, top_images=2))
-    whole = tmp_path / "m.jsonl"
+    whole, sharded = tmp_path / "whole" / "m.jsonl", tmp_path / "sharded" / "m.jsonl"
     match_queries(queries, tmp_path / "idx", whole, settings, matcher="none")
     for k in range(2):
-        s = match_queries(queries, tmp_path / "idx", whole, settings, matcher="none", shard=(k, 2))
-        assert s.output.name == f"m.shard-{k}-of-2.jsonl"
-    joined = "".join((tmp_path / f"m.shard-{k}-of-2.jsonl").read_text() for k in range(2))
-    by_id = lambda text: sorted(json.loads(line)["id"] + line for line in text.splitlines())  # noqa: E731
-    assert by_id(joined) == by_id(whole.read_text())
+        s = match_queries(queries, tmp_path / "idx", sharded, settings, matcher="none", shard=(k, 2))
+        assert s.output.name == f"m.shard-{k}-of-2.jsonl" and s.merged == (k == 1)  # the last shard merges
+    assert sharded.read_bytes() == whole.read_bytes()  # the lines of one run, in its order: no `cat`
+    # merging again (explicitly, or a shard rerun) gives the same bytes; a missing part is named
+    sharded.unlink()
+    assert match_queries(queries, tmp_path / "idx", sharded, settings, matcher="none", shard=(0, 2)).merged
+    assert merge_matches(sharded) == sharded and sharded.read_bytes() == whole.read_bytes()
+    from click.testing import CliRunner
+
+    from refsr_cli.main import cli
+
+    sharded.unlink()
+    r = CliRunner().invoke(cli, ["match", "--merge", "-o", str(sharded)])
+    assert r.exit_code == 0 and sharded.read_bytes() == whole.read_bytes(), r.output
+    (tmp_path / "sharded" / "m.shard-1-of-2.jsonl").unlink()
+    with pytest.raises(InputError, match=r"m.jsonl: cannot merge, missing m.shard-1-of-2.jsonl$"):
+        merge_matches(sharded)
     # resume: a partial file's finished queries are not redone, and an existing output is kept
     lines = whole.read_text().splitlines()
-    partial = tmp_path / ".again.jsonl.partial"
+    partial = whole.parent / ".again.jsonl.partial"
     partial.write_text(lines[0] + "\n" + lines[1][:20])  # one finished line, one torn
-    s = match_queries(queries, tmp_path / "idx", tmp_path / "again.jsonl", settings, matcher="none")
-    assert s.resumed == 1 and s.matched == 2 and (tmp_path / "again.jsonl").read_text() == whole.read_text()
+    s = match_queries(queries, tmp_path / "idx", whole.parent / "again.jsonl", settings, matcher="none")
+    assert s.resumed == 1 and s.matched == 2 and (whole.parent / "again.jsonl").read_text() == whole.read_text()
     assert match_queries(queries, tmp_path / "idx", whole, settings, matcher="none").skipped
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from .. import io
 from ..errors import InputError
 from ..progress import progress
+from ..shards import finish_shard, merge_jsonl, part_path
 from .numpy_exec import degrade_image
 from .params import resolve_config, sample_crop, sample_params
 
@@ -128,8 +129,8 @@ def _init_worker(parent: int | None = None) -> None:
 
 
 def manifest_name(shard: tuple[int, int]) -> str:
-    k, n = shard
-    return "manifest.jsonl" if n == 1 else f"manifest.shard-{k}-of-{n}.jsonl"
+    """``manifest.jsonl``, or shard K/N's part ``manifest.shard-K-of-N.jsonl`` (:mod:`refsr.shards`)."""
+    return part_path("manifest.jsonl", shard).name
 
 
 def _check_options(scale: int, crop: int | None, crops_per_image: int) -> None:
@@ -256,33 +257,17 @@ def _finish(out: Path, name: str, shard, records: dict, result: DegradeResult) -
         raise InputError(f"no pairs written to {out}: every input was unusable")
     io.write_jsonl(out / name, sorted(records.values(), key=lambda r: r["index"]))
     (out / f".{name}.progress").unlink(missing_ok=True)
-    if shard[1] > 1 and all((out / manifest_name((k, shard[1]))).is_file() for k in range(shard[1])):
-        merge_shards(out, shard[1])
-        result.merged = True
+    result.merged = finish_shard(out / "manifest.jsonl", shard, merge_shards)
     return result
 
 
 def merge_shards(out, n: int | None = None) -> Path:
     """Merge ``manifest.shard-K-of-N.jsonl`` (all K) into ``manifest.jsonl``, in the order of
-    an unsharded run. ``n`` defaults to the N of the parts found.
+    an unsharded run (:func:`refsr.shards.merge_jsonl`). ``out`` is the output folder or its
+    ``manifest.jsonl``; ``n`` defaults to the N of the parts found.
 
     Raises:
         InputError: no parts, parts of different N, or a missing part (named).
     """
     out = Path(out)
-    parts = {}
-    for p in out.glob("manifest.shard-*-of-*.jsonl"):
-        m = re.fullmatch(r"manifest\.shard-(\d+)-of-(\d+)\.jsonl", p.name)
-        if m:
-            parts[(int(m[1]), int(m[2]))] = p
-    ns = {k[1] for k in parts} if n is None else {n}
-    if len(ns) != 1:
-        raise InputError(f"{out}: expected shard manifests of one N, found N = {sorted({k[1] for k in parts}) or 'none'}")
-    n = ns.pop()
-    missing = [manifest_name((k, n)) for k in range(n) if (k, n) not in parts]
-    if missing:
-        raise InputError(f"{out}: cannot merge, missing {', '.join(missing)}")
-    records = [r for k in range(n) for r in io.read_jsonl(parts[(k, n)])]
-    records.sort(key=lambda r: r["index"])
-    io.write_jsonl(out / "manifest.jsonl", records)
-    return out / "manifest.jsonl"
+    return merge_jsonl(out if out.suffix == ".jsonl" else out / "manifest.jsonl", n, key=lambda r: r["index"])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..io import MATCH_FORMAT as MATCH_FORMAT_NAME
 
 log = logging.getLogger(__name__)
@@ -223,12 +224,25 @@ class MatchStats:
     matched: int = 0
     resumed: int = 0
     skipped: bool = False
+    merged: bool = False
 
 
-def shard_output(output: str | os.PathLike, shard: tuple[int, int]) -> Path:
-    """``matches.jsonl`` -> ``matches.shard-K-of-N.jsonl`` for shard K/N (unchanged for 0/1)."""
-    output, (k, n) = Path(output), shard
-    return output if n == 1 else output.with_name(f"{output.stem}.shard-{k}-of-{n}{output.suffix}")
+def merge_matches(output: str | os.PathLike, n: int | None = None) -> Path:
+    """Merge the shard parts ``NAME.shard-K-of-N.jsonl`` of ``output`` into ``output``, in
+    query order: the lines of one unsharded run (:mod:`refsr.shards`).
+
+    Raises:
+        InputError: a missing part, or parts made with other settings or index (named).
+    """
+    from ..shards import merge_jsonl
+
+    def same_run(parts):
+        runs = {json.dumps(r.get("settings"), sort_keys=True) for part in parts for r in part}
+        if len(runs) > 1:
+            raise InputError(f"{output}: cannot merge, its shard parts were made with different settings or "
+                             "index; rerun the odd shards with --overwrite")
+
+    return merge_jsonl(output, n, check=same_run)
 
 
 def feature_map(net, rgb: np.ndarray, device) -> np.ndarray:
@@ -370,7 +384,8 @@ def match_queries(
 
     Writes ``output`` (``refsr.matches/1`` JSON Lines, one line per query in query order,
     reference paths relative to the output's folder); with ``shard`` K/N, only every
-    N-th query into ``matches.shard-K-of-N.jsonl``. Results are appended to a hidden
+    N-th query into its part ``matches.shard-K-of-N.jsonl``, and the shard that finds every part
+    written merges them into ``output`` (:func:`merge_matches`). Results are appended to a hidden
     ``.partial`` file as they come, so an interrupted run resumes; an existing output is
     kept when it was made from the same queries, index and settings (each line records
     them, :func:`run_settings`), refused otherwise, and redone with ``overwrite``.
@@ -387,12 +402,13 @@ def match_queries(
     from ..io import relative_path, select_shard, write_jsonl
     from ..models.matcher import load_matcher
     from ..progress import progress
+    from ..shards import finish_shard, part_path
     from .embed import Embedder
     from .index import open_index
 
     settings = settings or MatchSettings()
     settings.check()
-    out = shard_output(output, shard)
+    out = part_path(output, shard)
     stats = MatchStats(out)
     all_queries = read_queries(queries, query_kind)
     todo = select_shard(all_queries, shard)
@@ -401,6 +417,7 @@ def match_queries(
     if out.exists() and not overwrite:
         check_existing_output(out, todo, run)
         stats.skipped = True
+        stats.merged = finish_shard(output, shard, merge_matches)
         return stats
     index = open_index(index_dir)
     clip = Embedder(embedder_spec or Embedder.spec_for(index.identity), device=device)
@@ -426,4 +443,5 @@ def match_queries(
             stats.matched += 1
     write_jsonl(out, [done[q.id] for q in todo])
     partial.unlink(missing_ok=True)
+    stats.merged = finish_shard(output, shard, merge_matches)
     return stats
