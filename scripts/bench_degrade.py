@@ -1,9 +1,12 @@
-"""Benchmark of `refsr degrade`: Real-ESRGAN pairs per second for 512x512 HR crops.
+"""Benchmark of `refsr degrade`: Real-ESRGAN pairs per second for square HR crops, x4.
 
-numpy/OpenCV path on one worker and on all cores (processes), torch batched on CPU and on
-CUDA when present. Prints the machine and the figures. Not a test.
+numpy/OpenCV path on one worker and on all cores (processes), torch batched
+(``degrade_batch``) on the CPU and on CUDA when present. Prints the machine and the figures.
+``--check`` also compares the torch executor on each device with the numpy executor on the
+same records (the bounds of tests/test_degrade.py). Not a test.
 
-    python scripts/bench_degrade.py [--n 64] [--batch 32] [--crop 512]
+    python scripts/bench_degrade.py [--n 64] [--batch 32] [--sizes 512]
+    python scripts/bench_degrade.py --sizes 224,512 --n 512 --batch 64 --devices cuda --skip-numpy --check   # GPU target
 """
 
 from __future__ import annotations
@@ -59,7 +62,11 @@ def bench_numpy(crops: np.ndarray, workers: int) -> float:
         return len(crops) / (time.perf_counter() - t)
 
 
-def bench_torch(crops: np.ndarray, device: str, batch: int) -> float:
+def bench_torch(crops: np.ndarray, device: str, batch: int, repeats: int = 3) -> float:
+    """Crops per second of ``degrade_batch`` on ``device`` (median of ``repeats`` passes over
+    the crops, after one warm-up batch), the records drawn beforehand (as a data loader would)."""
+    import statistics
+
     import torch
 
     from refsr.degrade import resolve_config, sample_params
@@ -68,23 +75,49 @@ def bench_torch(crops: np.ndarray, device: str, batch: int) -> float:
     cfg = resolve_config("realesrgan")
     hr = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous().to(device)
     params = [sample_params(0, f"t{i}", cfg) for i in range(len(crops))]
-    degrade_batch(hr[:2], params[:2], 4)  # warm-up
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for i in range(0, len(crops), batch):
-        degrade_batch(hr[i : i + batch], params[i : i + batch], 4)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return len(crops) / (time.perf_counter() - t)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    degrade_batch(hr[:batch], params[:batch], 4)  # warm-up
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in range(0, len(crops), batch):
+            degrade_batch(hr[i : i + batch], params[i : i + batch], 4)
+        sync()
+        times.append(time.perf_counter() - t)
+    return len(crops) / statistics.median(times)
+
+
+def check_torch(crops: np.ndarray, device: str) -> str:
+    """The torch executor on ``device`` against the numpy one, same records (Gaussian noise
+    drawn as numpy does): the bounds of tests/test_degrade.py (mean < 3/255, p99 < 24/255)."""
+    import torch
+
+    from refsr.degrade import degrade_image, resolve_config, sample_params
+    from refsr.degrade.torch_exec import degrade_batch
+
+    crops = crops[:16]
+    params = [sample_params(5, f"c{i}", resolve_config("realesrgan")) for i in range(len(crops))]
+    for k, p in enumerate(params):
+        p["stage1"]["noise"] = {"kind": "gaussian", "sigma": 10.0, "gray": False, "seed": 2 * k}
+        p["stage2"]["noise"] = {"kind": "gaussian", "sigma": 8.0, "gray": True, "seed": 2 * k + 1}
+    lr = degrade_batch(torch.from_numpy(crops).permute(0, 3, 1, 2).to(device), params, 4, noise_from_numpy=True)
+    lr = lr.permute(0, 2, 3, 1).cpu().numpy()
+    diff = np.concatenate([np.abs(lr[i] - degrade_image(c, p, 4)[1]).ravel() for i, (c, p) in enumerate(zip(crops, params))])
+    mean, p99 = diff.mean() * 255, np.quantile(diff, 0.99) * 255
+    verdict = "ok" if mean < 3 and p99 < 24 else "FAILS"
+    return f"vs numpy on 16 crops: mean |diff| {mean:.2f}/255, p99 {p99:.1f}/255 ({verdict}: bounds 3, 24)"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64, help="crops per measurement")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--crop", type=int, default=512)
+    ap.add_argument("--sizes", default="512", help="HR crop sizes in px, comma separated")
+    ap.add_argument("--devices", default=None, help="torch devices, comma separated (default: cpu, and cuda if present)")
+    ap.add_argument("--skip-numpy", action="store_true")
     ap.add_argument("--skip-cpu-torch", action="store_true")
+    ap.add_argument("--check", action="store_true", help="also compare each torch device with the numpy executor")
     args = ap.parse_args()
     import cv2
     import torch
@@ -94,17 +127,21 @@ def main():
           f"python {platform.python_version()}, numpy {np.__version__}, opencv {cv2.__version__}, torch {torch.__version__}")
     if torch.cuda.is_available():
         print(f"gpu: {torch.cuda.get_device_name(0)}")
-    crops = _crops(args.n, args.crop)
-    one = bench_numpy(crops, 1)
-    print(f"numpy, 1 worker      : {one:7.1f} crops/s ({args.crop}x{args.crop}, realesrgan, x4)")
-    if cores > 1:
-        allc = bench_numpy(crops, cores)
-        print(f"numpy, {cores} workers    : {allc:7.1f} crops/s ({allc / cores:.1f} per core)")
-    if not args.skip_cpu_torch:
-        torch.set_num_threads(cores)
-        print(f"torch cpu, batch {args.batch}  : {bench_torch(crops, 'cpu', args.batch):7.1f} crops/s")
-    if torch.cuda.is_available():
-        print(f"torch cuda, batch {args.batch} : {bench_torch(crops, 'cuda', args.batch):7.1f} crops/s")
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [d for d in devices if not (d == "cpu" and args.skip_cpu_torch)]
+    torch.set_num_threads(cores)
+    for size in (int(v) for v in args.sizes.split(",")):
+        crops = _crops(args.n, size)
+        print(f"# {size}x{size} HR crops, realesrgan, x4")
+        if not args.skip_numpy:
+            print(f"numpy, 1 worker      : {bench_numpy(crops, 1):7.1f} crops/s")
+            if cores > 1:
+                allc = bench_numpy(crops, cores)
+                print(f"numpy, {cores} workers    : {allc:7.1f} crops/s ({allc / cores:.1f} per core)")
+        for device in devices:
+            print(f"torch {device}, batch {args.batch} : {bench_torch(crops, device, args.batch):7.1f} crops/s", flush=True)
+            if args.check:
+                print(f"torch {device} {check_torch(crops, device)}", flush=True)
 
 
 if __name__ == "__main__":
