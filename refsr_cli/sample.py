@@ -11,7 +11,7 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
 
 
 @click.command("sample", cls=StageCommand)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: <stem><suffix>.png per input, plus run.json.")
 @click.option("--model", default=None, metavar="DIR|NAME",
@@ -51,8 +51,11 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
 @shard_option
 @overwrite_option
 @device_option
+@click.option("--merge", "merge_only", is_flag=True,
+              help="Only merge the run logs in OUT (of every shard, finished or killed) into OUT/run.json; "
+              "no run may be writing into OUT.")
 def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta, start_strength, seed, tile, tile_overlap,
-           batch_size, precision, color_fix, outscale, suffix, shard, overwrite, device):
+           batch_size, precision, color_fix, outscale, suffix, shard, overwrite, device, merge_only):
     """Restore LR images with a latent diffusion model, guided by reference images.
 
     Reads LR image files, folders or pair manifests (INPUTS; a manifest contributes its
@@ -62,14 +65,28 @@ def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta,
     precision, tiling and the references used for each image). Existing outputs are
     skipped unless --overwrite; the same seed, device and precision give the same bytes.
 
+    With --shard K/N each shard restores every N-th input and logs its records in its own
+    hidden OUT/.run-*.jsonl; the last shard to finish merges the logs into OUT/run.json (a
+    killed shard's log once the shard is rerun, or with --merge).
+
     \b
     Examples:
       refsr sample --model runs/x/model lr/ -o out/ --matches matches.jsonl
       refsr sample --model runs/x/model photo.png --refs my_refs/ -o out/ --color-fix wavelet
       refsr sample --model CompVis/ldm-super-resolution-4x-openimages lr/ -o out/ --steps 100
       refsr sample --model runs/x/model pairs/manifest.jsonl -o out/ --shard 0/4
+      refsr sample --merge -o out/
     """
+    from pathlib import Path
+
     from refsr.sample import SampleSettings, sample_files
+    from refsr.sample.restore import merge_run_logs
+
+    if merge_only:
+        report(f"merged the run logs into {merge_run_logs(Path(out_dir), everything=True)}")
+        return
+    if not inputs:
+        raise click.UsageError("give at least one input image, folder or manifest (or --merge -o OUT)")
 
     check_disjoint(inputs, refs, "--refs")
     if tile and tile_overlap >= tile:

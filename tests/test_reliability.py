@@ -10,6 +10,7 @@ import stat
 
 import numpy as np
 import pytest
+from pathlib import Path
 from click.testing import CliRunner
 
 from refsr import io
@@ -305,6 +306,48 @@ def test_sample_killed_midway_loses_no_record(tmp_path, tiny_ldm, monkeypatch):
     images = io.read_json(out / "run.json")["images"]
     assert sorted(images) == ["im0_sr.png", "im1_sr.png", "im2_sr.png"]
     assert images["im1_sr.png"]["size"] == [12, 8] and not list(out.glob(".run-*.jsonl"))
+
+
+def test_sample_shards_merge_without_locks_like_one_run(tmp_path, tiny_ldm, monkeypatch):
+    """Shards run one after another give the run.json of one unsharded run; a killed shard's log
+    is not merged while it might still be running, and `refsr sample --merge` merges it."""
+    from click.testing import CliRunner
+
+    from refsr.sample import SampleSettings, restore, sample_files
+    from refsr_cli.main import cli
+
+    lr, fast = _lr_folder(tmp_path / "lr"), SampleSettings(steps=1, tile=0)
+    sample_files([lr], tmp_path / "full", model=tiny_ldm, settings=fast, device="cpu")
+    for k in range(3):
+        sample_files([lr], tmp_path / "sharded", model=tiny_ldm, settings=fast, device="cpu", shard=(k, 3))
+        # a shard that finds no other shard running merges: run.json holds the finished shards
+        assert len(io.read_json(tmp_path / "sharded" / "run.json")["images"]) == k + 1
+    strip = lambda run: {**run, "images": {n: {**r, "seconds": 0} for n, r in run["images"].items()}}  # noqa: E731
+    full = strip(io.read_json(tmp_path / "full" / "run.json"))
+    assert strip(io.read_json(tmp_path / "sharded" / "run.json")) == full
+    assert not list((tmp_path / "sharded").glob(".run-*.jsonl"))
+    assert "fcntl" not in Path(restore.__file__).read_text()  # no lock: flock does not serialise across nodes
+    # shard 1 is killed (no end line: it might be running on another node), the others finish
+    out = tmp_path / "killed"
+    real_end = restore.RunLog.end
+    for k in range(3):
+        if k == 1:
+            monkeypatch.setattr(restore.RunLog, "end", lambda self: self._file.close())
+        sample_files([lr], out, model=tiny_ldm, settings=fast, device="cpu", shard=(k, 3))
+        monkeypatch.setattr(restore.RunLog, "end", real_end)
+    assert list(io.read_json(out / "run.json")["images"]) == ["im0_sr.png"] and len(list(out.glob(".run-*.jsonl"))) == 2
+    r = CliRunner().invoke(cli, ["-q", "sample", "--merge", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert strip(io.read_json(out / "run.json")) == full and not list(out.glob(".run-*.jsonl"))
+    # merging again is harmless; a log taken away while its run went on is written again at its end
+    before = (out / "run.json").read_bytes()
+    restore.merge_run_logs(out, everything=True)
+    assert (out / "run.json").read_bytes() == before
+    log = restore.RunLog(out, {"steps": 1}, (0, 1))
+    log.add("x.png", {"size": [1, 1]})
+    log.path.unlink()
+    log.end()
+    assert restore._read_log(log.path).ended and restore._read_log(log.path).images == {"x.png": {"size": [1, 1]}}
 
 
 def test_sample_rerun_with_other_settings_is_refused_or_recorded_per_image(tmp_path, tiny_ldm):

@@ -1,8 +1,9 @@
 """The ``sample`` stage: LR files in, restored PNG files and ``run.json`` out.
 
 For each input ``x.png`` it writes ``OUT/x<suffix>.png`` in the input's form (bit depth,
-gray, alpha upsampled) and appends its record to a hidden run log as soon as it is written;
-the logs are merged into ``OUT/run.json`` at the end (or by the next run, after a crash).
+gray, alpha upsampled) and appends its record to a hidden run log (this run's part) as soon as
+it is written; the last shard to finish merges the logs into ``OUT/run.json`` (a killed run's
+log is merged once its shard is redone, or by ``refsr sample --merge``; :mod:`refsr.shards`).
 A rerun skips outputs that exist (unless ``overwrite``) and is refused if its settings
 differ from those the folder's outputs were made with (unless ``overwrite``: the older
 records then keep their own settings); ``shard=(K, N)`` processes every N-th input from K, and
@@ -22,8 +23,8 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, RefSRError
-from ..io import (Image, image_to_tensor, list_images, read_image, read_json, read_pair_manifest, safe_name,
-                  select_shard, write_json, write_like)
+from ..io import (Image, image_to_tensor, list_images, parse_shard, read_image, read_json, read_pair_manifest,
+                  safe_name, select_shard, write_json, write_like)
 from ..progress import progress
 from .core import SampleSettings, restore_tensor
 from .references import Fragment, MatchTable, load_global_refs, load_match_refs
@@ -136,23 +137,6 @@ def check_output_size(path, lr_size: tuple[int, int], scale: int, outscale: floa
 # ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``path`` (concurrent shards merging run.json)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 IGNORED_SETTINGS = ("device",)  # may differ between shards and reruns (same bytes per device)
 
 
@@ -163,13 +147,13 @@ def _changed(old: dict, new: dict) -> list[str]:
 
 class RunLog:
     """This run's finished images, appended (and fsynced) one line at a time to a hidden
-    ``OUT/.run-*.jsonl`` as they are written, so that an interruption (Ctrl-C, kill -9,
-    full disk) loses no record. The first line holds the run's settings. The file is
-    ``flock``-ed while its run lives; :func:`merge_run_logs` folds the logs of finished or
-    dead runs into ``run.json`` and removes them."""
+    ``OUT/.run-*.jsonl`` (this run's part, :mod:`refsr.shards`) as they are written, so that an
+    interruption (Ctrl-C, kill -9, full disk) loses no record. The first line holds the run's
+    settings, its shard and start time; :meth:`end` adds an end line. No lock: a log with an
+    end line, or superseded by a later finished run of the same shard, is finished, and only
+    finished logs are merged (:func:`merge_run_logs`)."""
 
-    def __init__(self, out_dir: Path, settings: dict):
-        import fcntl
+    def __init__(self, out_dir: Path, settings: dict, shard: tuple[int, int] = (0, 1)):
         import os
         import tempfile
 
@@ -177,15 +161,15 @@ class RunLog:
 
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=".run-", suffix=".jsonl", dir=out_dir)
-        fcntl.flock(fd, fcntl.LOCK_EX)
         os.fchmod(fd, file_mode())
-        self.path, self._file = Path(name), os.fdopen(fd, "w", encoding="utf-8")
-        self._append({"format": RUN_FORMAT, "settings": settings})
+        self.path, self._file, self._lines = Path(name), os.fdopen(fd, "w", encoding="utf-8"), []
+        self._append({"format": RUN_FORMAT, "settings": settings, "shard": list(shard), "started": time.time_ns()})
 
     def _append(self, obj: dict) -> None:
         import json
         import os
 
+        self._lines.append(obj)
         self._file.write(json.dumps(obj, separators=(",", ":")) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -193,31 +177,88 @@ class RunLog:
     def add(self, name: str, record: dict) -> None:
         self._append({"image": name, "record": record})
 
-    def close(self) -> None:
-        self._file.close()  # releases the lock
+    def end(self) -> None:
+        """Mark the run finished (also after an error: it writes no more). If another process
+        took the log away meanwhile (``refsr sample --merge`` while this run went on), it is
+        written again whole, so no record is lost."""
+        from ..io import write_jsonl
+
+        with contextlib.suppress(OSError):
+            self._append({"end": True})
+        self._file.close()
+        if not self.path.exists():
+            write_jsonl(self.path, self._lines)
 
 
-def _read_run_log(path: Path) -> tuple[dict | None, dict[str, dict]]:
-    """``(settings, {output name: record})`` of a run log; a torn last line is ignored."""
+@dataclass
+class _Log:
+    """A run log as read: its header (settings, shard, start), images and whether it ended."""
+
+    path: Path
+    settings: dict | None
+    images: dict[str, dict]
+    shard: tuple[int, int] | None
+    started: int
+    ended: bool
+
+
+def _read_log(path: Path) -> _Log:
+    """A run log; a torn last line is ignored (logs of older refsr have no shard, start or end).
+
+    Raises:
+        FileNotFoundError: the log was merged and removed meanwhile.
+    """
     import json
 
-    settings, images = None, {}
+    log = _Log(path, None, {}, None, 0, False)
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("settings"), dict) and settings is None:
-            settings = obj["settings"]
-        elif isinstance(obj, dict) and settings is not None and isinstance(obj.get("record"), dict):
-            images[str(obj.get("image"))] = obj["record"]
-    return settings, images
+        if not isinstance(obj, dict):
+            continue
+        if isinstance(obj.get("settings"), dict) and log.settings is None:
+            log.settings, log.started = obj["settings"], int(obj.get("started") or 0)
+            log.shard = tuple(obj["shard"]) if isinstance(obj.get("shard"), list) else None
+        elif log.settings is not None and isinstance(obj.get("record"), dict):
+            log.images[str(obj.get("image"))] = obj["record"]
+        elif obj.get("end") is True:
+            log.ended = True
+    return log
+
+
+def _read_run_log(path: Path) -> tuple[dict | None, dict[str, dict]]:
+    """``(settings, {output name: record})`` of a run log."""
+    log = _read_log(path)
+    return log.settings, log.images
+
+
+def _finished(logs: list[_Log]) -> list[_Log]:
+    """The logs whose runs are over: ended, or superseded by a later-started ended run of the
+    same shard or of the whole input (the run was killed and redone)."""
+    ended = [g for g in logs if g.ended]
+    return [g for g in logs if g.ended or any(e.started > g.started and (e.shard == g.shard or e.shard == (0, 1))
+                                              for e in ended)]
+
+
+def shards_done(out_dir: Path, n: int) -> bool:
+    """True when, for every K, the latest run log of shard K/N in ``out_dir`` has ended (or
+    was merged already): the moment the last shard of a run merges (:mod:`refsr.shards`)."""
+    latest: dict[int, _Log] = {}
+    for path in out_dir.glob(".run-*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            g = _read_log(path)
+            if g.shard is not None and g.shard[1] == n and (g.shard[0] not in latest or
+                                                             g.started > latest[g.shard[0]].started):
+                latest[g.shard[0]] = g
+    return all(g.ended for g in latest.values())
 
 
 def _merge_into(run: dict, settings: dict, images: dict[str, dict]) -> dict:
     """``run`` (the content of run.json) with ``images`` made with ``settings`` merged in:
     the top-level settings become ``settings``; earlier records made with other settings
-    keep theirs in their own ``settings`` key."""
+    keep theirs in their own ``settings`` key. Merging the same log twice changes nothing."""
     previous = {k: v for k, v in run.items() if k not in ("images", "format")}
     merged = dict(run.get("images", {}))
     if previous and _changed(previous, settings):
@@ -226,31 +267,38 @@ def _merge_into(run: dict, settings: dict, images: dict[str, dict]) -> dict:
     return {"format": RUN_FORMAT, **settings, "images": dict(sorted(merged.items()))}
 
 
-def merge_run_logs(out_dir: Path) -> Path:
-    """Fold every run log of ``out_dir`` whose run has ended (its lock is free) into
-    ``OUT/run.json`` (under a lock, written atomically), then remove those logs."""
-    import fcntl
+def merge_run_logs(out_dir: Path, everything: bool = False) -> Path:
+    """Fold the run logs of ``out_dir`` whose runs are over (every log with ``everything``:
+    ``refsr sample --merge``, when no run is writing into ``out_dir``) into ``OUT/run.json``,
+    in the order the runs started, written atomically, then remove those logs.
 
+    No lock (the shard protocol, :mod:`refsr.shards`): the logs are read before run.json and
+    folding a log twice changes nothing, so two shards merging at once write the same content.
+    """
     path = out_dir / "run.json"
-    with _locked(out_dir / ".run.json.lock"):
+    for _ in range(100):
+        try:
+            logs = [_read_log(q) for q in out_dir.glob(".run-*.jsonl")]
+        except FileNotFoundError:  # another shard merged meanwhile: read again
+            continue
+        done = sorted(logs if everything else _finished(logs), key=lambda g: (g.started, g.path.name))
         run = read_json(path) if path.is_file() else {}
-        done, merged = [], False
-        for log_path in sorted(out_dir.glob(".run-*.jsonl"), key=lambda q: q.stat().st_mtime_ns):
-            with open(log_path, "rb") as f:
-                try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a run still going: it merges its own log when it ends
-                settings, images = _read_run_log(log_path)
-                if settings is not None:
-                    merged = merged or bool(images)  # a run that wrote nothing claims nothing
-                    run = _merge_into(run, settings, images) if images else run
-                    done.append(log_path)
-        if merged:
+        for g in done:
+            if g.settings is not None and g.images:  # a run that wrote nothing claims nothing
+                run = _merge_into(run, g.settings, g.images)
+        if any(g.settings is not None and g.images for g in done):
             write_json(path, run)
-        for log_path in done:
-            log_path.unlink(missing_ok=True)
-    return path
+        for g in done:
+            g.path.unlink(missing_ok=True)
+        return path
+    raise InputError(f"{out_dir}: run logs kept changing while merging them; run `refsr sample --merge -o {out_dir}`")
+
+
+def _finish_run(out_dir: Path, shard: tuple[int, int]) -> Path:
+    """The end of a run: if it was the last shard of its N to finish, merge the logs."""
+    if shards_done(out_dir, shard[1]):
+        merge_run_logs(out_dir)
+    return out_dir / "run.json"
 
 
 def check_run_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
@@ -264,7 +312,9 @@ def check_run_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
         return
     path = out_dir / "run.json"
     earlier = [read_json(path)] if path.is_file() else []
-    earlier += [st for st in (_read_run_log(q)[0] for q in out_dir.glob(".run-*.jsonl")) if st is not None]
+    for q in out_dir.glob(".run-*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):  # merged meanwhile: its settings are in run.json
+            earlier += [st for st in [_read_run_log(q)[0]] if st is not None]
     for old in earlier:
         changed = _changed({k: v for k, v in old.items() if k not in ("images", "format")}, settings)
         if changed:
@@ -378,6 +428,7 @@ def sample_files(
     settings.check()
     start, out_dir, summary = time.perf_counter(), Path(out_dir), SampleSummary()
     device = resolve_device(device) if isinstance(device, str) else device
+    shard = parse_shard(shard) if not isinstance(shard, tuple) else shard
     items = select_shard(collect_inputs(inputs), shard)
     outs = output_paths(items, out_dir, suffix)
     if isinstance(model, (str, Path)) or model is None:
@@ -389,9 +440,8 @@ def sample_files(
     extra = {"outscale": outscale, "suffix": suffix, "refs": [str(r) for r in refs],
              "matches": str(matches) if matches else None}
     run_settings = _run_settings(model_name, model, settings, seed, device, extra)
-    merge_run_logs(out_dir)  # records of an interrupted earlier run
     check_run_settings(out_dir, run_settings, overwrite)
-    run_log = RunLog(out_dir, run_settings)
+    run_log = RunLog(out_dir, run_settings, shard)
     try:
         for item, out_path in progress(list(zip(items, outs)), desc="images", unit="img"):
             if out_path.exists() and not overwrite:
@@ -411,12 +461,12 @@ def sample_files(
                 "seconds": round(time.perf_counter() - t0, 3),
             })
     except BaseException:
-        run_log.close()
         with contextlib.suppress(Exception):  # e.g. a full disk: the log stays for the next run to merge
-            merge_run_logs(out_dir)
+            run_log.end()
+            _finish_run(out_dir, shard)
         raise
-    run_log.close()
-    summary.run_json = merge_run_logs(out_dir)
+    run_log.end()
+    summary.run_json = _finish_run(out_dir, shard)
     if chooser.unmatched:
         summary.warnings.append(f"{len(chooser.unmatched)} input(s) have no record in {matches} and ran without "
                                 f"references: {', '.join(chooser.unmatched[:5])}")
