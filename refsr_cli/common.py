@@ -208,6 +208,19 @@ skip_bad_option = click.option(
 )
 
 
+def deprecated_alias(new: str, old: str, value, old_value, param: str, why: str = ""):
+    """The value of option ``new`` (parameter ``param``) that may also be given under its
+    deprecated name ``old`` (a hidden option with value ``old_value``, None when absent): the
+    old name works with a one-line warning; giving both is a usage error."""
+    ctx = click.get_current_context()
+    if old_value is None:
+        return value
+    if ctx.get_parameter_source(param).name != "DEFAULT":
+        raise click.UsageError(f"give {new} only ({old} is its deprecated name)")
+    warn(f"{ctx.info_name} {old} is deprecated; use {new}" + (f" ({why})" if why else ""))
+    return old_value
+
+
 def is_verbose() -> bool:
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root() if ctx else None

@@ -6,8 +6,8 @@ import click
 
 from refsr.degrade.pipeline import SCALES
 
-from .common import (StageCommand, overwrite_option, report, seed_option, shard_option, skip_bad_option, warn,
-                     workers_option)
+from .common import (StageCommand, deprecated_alias, overwrite_option, report, seed_option, shard_option,
+                     skip_bad_option, warn, workers_option)
 
 
 def _check_crop(ctx, param, value):
@@ -38,8 +38,10 @@ def _check_preset(ctx, param, value):
               help="HR crop side (a multiple of the scale; smaller images are reflect-padded), or 'none' for the whole image.")
 @click.option("--crops-per-image", type=click.IntRange(min=1), default=1, show_default=True, help="Random crops (pairs) per input image.")
 @click.option("--preset", default="realesrgan", show_default=True, callback=_check_preset, help="Degradation recipe: realesrgan or bicubic.")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--degradation-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file overriding preset parameters (same names as the preset; unknown keys are an error).")
+@click.option("--config", "deprecated_config", type=click.Path(exists=True, dir_okay=False), default=None, hidden=True,
+              help="Deprecated name of --degradation-config.")
 @click.option("--usm/--no-usm", default=None, help="Unsharp-mask the HR target (Real-ESRGAN's gt_usm). Default: the preset's (off).")
 @seed_option
 @workers_option
@@ -48,7 +50,8 @@ def _check_preset(ctx, param, value):
 @shard_option
 @click.option("--recursive", is_flag=True, help="Descend into subfolders of input folders.")
 @click.option("--merge", "merge_only", is_flag=True, help="Only merge OUT/manifest.shard-*-of-N.jsonl into OUT/manifest.jsonl.")
-def degrade(inputs, out, scale, crop, crops_per_image, preset, config, usm, seed, workers, overwrite, skip_bad, shard, recursive, merge_only):
+def degrade(inputs, out, scale, crop, crops_per_image, preset, degradation_config, deprecated_config, usm, seed, workers,
+            overwrite, skip_bad, shard, recursive, merge_only):
     """Make HR/LR pairs from HR photos with Real-ESRGAN's second-order degradation.
 
     Reads image files and/or folders (PNG, JPEG, WebP, TIFF, BMP; 8/16-bit, gray and RGBA
@@ -75,6 +78,8 @@ def degrade(inputs, out, scale, crop, crops_per_image, preset, config, usm, seed
         return
     if not inputs:
         raise click.UsageError("give at least one input image or folder")
+    config = deprecated_alias("--degradation-config", "--config", degradation_config, deprecated_config,
+                              "degradation_config", "--config names a model config in `refsr train`")
     try:
         result = degrade_folder(
             inputs, out, scale=int(scale), crop=crop, crops_per_image=crops_per_image, preset=preset, config=config,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import StageCommand, device_option, report, shard_option, warn, workers_option
+from .common import StageCommand, deprecated_alias, device_option, report, shard_option, workers_option
 
 
 @click.command("index-refs", cls=StageCommand)
@@ -59,11 +59,8 @@ def index_refs(inputs, index_dir, clip_model, deprecated_model, pretrained, weig
         return
     if not inputs:
         raise click.UsageError("give INPUTS to index (or --info / --merge)")
-    if deprecated_model is not None:
-        if click.get_current_context().get_parameter_source("clip_model").name != "DEFAULT":
-            raise click.UsageError("give --clip-model only (--model is its deprecated name)")
-        warn("index-refs --model is deprecated; use --clip-model (--model names a refsr model in other commands)")
-        clip_model = deprecated_model
+    clip_model = deprecated_alias("--clip-model", "--model", clip_model, deprecated_model, "clip_model",
+                                  "--model names a refsr model in other commands")
     spec = EmbedderSpec(clip_model, None if pretrained.lower() == "none" else pretrained, weights)
     s = run_index_refs(list(inputs), index_dir, spec, batch_size=batch_size, workers=workers,
                        device=_device(device), prune=prune, shard=shard or (0, 1))

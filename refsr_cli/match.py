@@ -6,7 +6,7 @@ import click
 
 from refsr.retrieval.match import GROUP_BY, QUERY_KINDS
 
-from .common import StageCommand, device_option, overwrite_option, report, shard_option
+from .common import StageCommand, deprecated_alias, device_option, overwrite_option, report, shard_option
 
 
 @click.command("match", cls=StageCommand)
@@ -16,7 +16,10 @@ from .common import StageCommand, device_option, overwrite_option, report, shard
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Matches file (.jsonl) to write.")
 @click.option("--top-images", type=click.IntRange(min=1), default=20, show_default=True, help="Stage 1: CLIP candidates per query.")
 @click.option("--top-refs", type=click.IntRange(min=1), default=10, show_default=True, help="Stage 2: fragments kept per query.")
-@click.option("--patch", type=click.IntRange(min=1), default=512, show_default=True, help="Fragment size in pixels.")
+@click.option("--window", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Side of the windows scored in each candidate (the fragment size), in pixels.")
+@click.option("--patch", "deprecated_patch", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Deprecated name of --window.")
 @click.option("--stride", type=click.IntRange(min=1), default=256, show_default=True, help="Step between fragments.")
 @click.option("--query", "query_kind", type=click.Choice(QUERY_KINDS), default="hr", show_default=True,
               help="For a pair manifest: the HR crop (training) or the LR image upsampled bicubically (test time).")
@@ -36,13 +39,13 @@ from .common import StageCommand, device_option, overwrite_option, report, shard
 @overwrite_option
 @click.option("--merge", "merge_only", is_flag=True,
               help="Only merge OUTPUT's shard parts (NAME.shard-K-of-N.jsonl) into OUTPUT.")
-def match(queries, index_dir, output, top_images, top_refs, patch, stride, query_kind, group_by, matcher,
-          nms_iou, save_crops, weights, device, shard, overwrite, merge_only):
+def match(queries, index_dir, output, top_images, top_refs, window, deprecated_patch, stride, query_kind, group_by,
+          matcher, nms_iou, save_crops, weights, device, shard, overwrite, merge_only):
     """For each query in QUERIES (a folder of images, or a pair manifest.jsonl from
     `refsr degrade`), find the --top-refs best reference fragments in the index.
 
     Stage 1 takes the --top-images nearest images by OpenCLIP embedding (the model
-    recorded in the index); stage 2 scores every --patch window at --stride of each
+    recorded in the index); stage 2 scores every window (--window pixels a side, every --stride) of each
     candidate with ResNet-34 features and keeps the best, without overlaps. A query never
     gets its own source image. Writes OUTPUT (JSON Lines, format refsr.matches/1: id,
     query, refs [{path, box [x, y, w, h], score, image_score}], matcher); with --shard
@@ -67,8 +70,10 @@ def match(queries, index_dir, output, top_images, top_refs, patch, stride, query
         return
     if queries is None or index_dir is None:
         raise click.UsageError("give QUERIES and --index (or --merge -o OUTPUT)")
+    window = deprecated_alias("--window", "--patch", window, deprecated_patch, "window",
+                              "--patch names the matcher's training patch in `refsr train matcher`")
     spec = Embedder.spec_for(open_index(index_dir).identity, weights) if weights else None
-    settings = MatchSettings(top_images, top_refs, patch, stride, group_by, nms_iou)
+    settings = MatchSettings(top_images, top_refs, window, stride, group_by, nms_iou)
     s = match_queries(queries, index_dir, output, settings, query_kind=query_kind, matcher=matcher,
                       save_crops=save_crops, device=str(resolve_device(device)), shard=shard or (0, 1),
                       overwrite=overwrite, embedder_spec=spec)

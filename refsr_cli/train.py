@@ -132,7 +132,7 @@ def loop_options(defaults: dict | None = None):
                      help="Wall-clock cap: stop after this many minutes (checkpoint and export as at the end); "
                      "0 = no cap. Gives runs the same time budget (e.g. LDM vs LDM+CA)."),
         click.option("--resume", is_flag=True, help="Continue from the run's latest checkpoint."),
-        click.option("--overwrite", is_flag=True, help="Delete the run's checkpoints and outputs and start again."),
+        click.option("--overwrite", is_flag=True, help="Start the run again, deleting only what the run made."),
         seed_option,
         device_option,
         workers_option,

@@ -29,7 +29,7 @@ refsr index-refs "$REF_DIR" --index "$WORK/refs.index" --clip-model "$CLIP_MODEL
 
 # 3. the 10 best reference fragments per pair (CLIP top images, then the patch matcher)
 refsr match "$WORK/pairs/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/matches.jsonl" \
-    --query hr --top-images 20 --top-refs 10 --patch "$PATCH" --stride "$STRIDE" \
+    --query hr --top-images 20 --top-refs 10 --window "$PATCH" --stride "$STRIDE" \
     --matcher "$MATCHER" --device "$DEVICE"      # the CLIP model is the one index.json records
 
 # 4. train: the VQ autoencoder, then the denoiser with the reference branch

@@ -67,7 +67,7 @@ if has retrieval; then
     query=lr; [ "$split" = train ] && query=hr     # training queries are HR crops, test queries the LR
     [ -s "$WORK/matches_$split.jsonl" ] && continue
     $REFSR -q match "$WORK/pairs_$split/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/matches_$split.jsonl" \
-        --query "$query" --group-by parent --top-images 10 --top-refs 10 --patch "$CROP" --stride $((CROP / 2)) \
+        --query "$query" --group-by parent --top-images 10 --top-refs 10 --window "$CROP" --stride $((CROP / 2)) \
         --matcher "$MATCHER" --device "$DEVICE"
   done
 fi

@@ -198,6 +198,36 @@ def test_option_names_mean_one_thing():
                                                      if p.name == "model")
 
 
+def _all_commands():
+    commands = {}
+    for name in SUBCOMMANDS:  # a group's subcommands (train STAGE) count one by one
+        command = cli.get_command(None, name)
+        subs = getattr(command, "commands", None)
+        commands.update({f"{name} {sub}": c for sub, c in subs.items()} if subs else {name: command})
+    return commands
+
+
+def test_shared_option_names_say_one_thing():
+    """--overwrite says the same everywhere (train: its own run); --config is a model config
+    (degrade: --degradation-config); --patch is the matcher's training patch (match: --window);
+    the old names are hidden; every sharded stage has --merge."""
+    having = {name: {p.name: p for p in c.params} for name, c in _all_commands().items()}
+    for name, params in having.items():
+        if "overwrite" in params:
+            expected = ("Start the run again, deleting only what the run made." if name.startswith("train")
+                        else "Redo outputs that already exist (default: skip them and resume).")
+            assert params["overwrite"].help == expected, name
+        visible = {o for p in params.values() if not getattr(p, "hidden", False) for o in p.opts}
+        if "--config" in visible:
+            assert name in ("train autoencoder", "train diffusion"), name
+        if "--patch" in visible:
+            assert name == "train matcher", name
+    assert having["degrade"]["deprecated_config"].hidden and "--degradation-config" in having["degrade"]["degradation_config"].opts
+    assert having["match"]["deprecated_patch"].hidden and "--window" in having["match"]["window"].opts
+    for name in ("degrade", "index-refs", "match", "sample"):
+        assert "--merge" in {o for p in having[name].values() for o in p.opts}, name
+
+
 def test_match_defaults_to_the_shipped_matcher():
     from refsr.models.matcher import SHIPPED_MATCHER
 

@@ -105,8 +105,15 @@ def test_bad_inputs(photo_folder, tmp_path, astronaut):
     assert _run(photo_folder, "-o", tmp_path / "o3", "--preset", "x").exit_code == 2
     cfg = tmp_path / "c.json"
     cfg.write_text('{"nope": 1}')
+    res = _run(photo_folder, "-o", tmp_path / "o4", "--degradation-config", cfg, "--skip-bad")
+    assert res.exit_code == 1 and "unknown parameter 'nope'" in res.output
+    # the old name (--config, a model config in `refsr train`) still works, with one warning line
     res = _run(photo_folder, "-o", tmp_path / "o4", "--config", cfg, "--skip-bad")
     assert res.exit_code == 1 and "unknown parameter 'nope'" in res.output
+    assert res.stderr.splitlines()[0] == ("warning: degrade --config is deprecated; use --degradation-config "
+                                          "(--config names a model config in `refsr train`)")
+    res = _run(photo_folder, "-o", tmp_path / "o4", "--config", cfg, "--degradation-config", cfg)
+    assert res.exit_code == 2 and "give --degradation-config only (--config is its deprecated name)" in res.output
     small = tmp_path / "small"
     io.write_image(small / "tiny.png", astronaut[:20, :40])
     res = _run(small, "-o", tmp_path / "o5", "--scale", 4)

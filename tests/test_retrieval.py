@@ -433,9 +433,16 @@ def test_cli_index_match_and_errors(refs, tmp_path):
     r = runner.invoke(cli, ["index-refs", "--index", str(tmp_path / "idx"), "--info"])
     assert r.exit_code == 0 and "4 images" in r.output and "dim 32" in r.output
     r = runner.invoke(cli, ["-q", "match", str(refs), "--index", str(tmp_path / "idx"), "-o", str(tmp_path / "m.jsonl"),
-                            "--matcher", "none", "--patch", "64", "--stride", "32", "--top-refs", "3"])
+                            "--matcher", "none", "--window", "64", "--stride", "32", "--top-refs", "3"])
     assert r.exit_code == 0, r.output
     assert all(len(rec["refs"]) == 3 for rec in read_matches(tmp_path / "m.jsonl"))
+    # the old name --patch (the matcher's training patch in `refsr train matcher`) still works, warned
+    r = runner.invoke(cli, ["-q", "match", str(refs), "--index", str(tmp_path / "idx"), "-o", str(tmp_path / "m.jsonl"),
+                            "--matcher", "none", "--patch", "64", "--stride", "32", "--top-refs", "3"])
+    assert r.exit_code == 0 and r.stderr.splitlines() == [
+        "warning: match --patch is deprecated; use --window (--patch names the matcher's training patch in "
+        "`refsr train matcher`)"], r.output
+    assert "kept it" in r.stdout  # the same settings as --window 64: the output is kept
     r = runner.invoke(cli, ["index-refs", str(refs), "--index", str(tmp_path / "idx2")])
     assert r.exit_code == 1 and "not cached" in r.output and "--weights" in r.output
     r = runner.invoke(cli, ["match", str(refs), "--index", str(tmp_path / "idx"), "-o", str(tmp_path / "x.jsonl"),
