@@ -196,6 +196,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (medians)")
     parser.add_argument("--quick", action="store_true", help="a short run (< 3 min on one H100)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--lr-cache-mb", type=float, default=None,
+                        help="LR contexts kept across steps, at most (refsr.sample.core.LR_CONTEXT_CACHE_BYTES; 0: "
+                             "every tile but the first recomputes E_LR at each step)")
     args = parser.parse_args()
 
     from refsr.device import resolve_device
@@ -210,12 +213,17 @@ def main():
     args.refs = [int(r) for r in args.refs.split(",")]
     if not cuda:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if args.lr_cache_mb is not None:
+        import refsr.sample.core as core
+
+        core.LR_CONTEXT_CACHE_BYTES = int(args.lr_cache_mb * 2**20)
 
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
     print(f"# bench_sample: {name} ({device}), torch {torch.__version__}, {os.cpu_count()} CPUs "
           f"({torch.get_num_threads()} threads), config {args.config}, "
           f"steps {args.steps} ({args.sampler}), tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
-          f"{args.precision}, {args.repeats} interleaved repetitions (medians)")
+          f"{args.precision}, {args.repeats} interleaved repetitions (medians)"
+          + (f", LR context cache {args.lr_cache_mb:g} MB" if args.lr_cache_mb is not None else ""))
     ldm, ca, pipe = build_models(args.config, device, args.sampler)
     print(f"# ref_size {ca.ref_size}, cross-attention levels {ca.ref_branch.levels}; memory = peak "
           f"{'CUDA allocated' if cuda else 'RSS growth'} during the call")

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of issue 16 in one go, about 5 minutes on one H100. GPU time is scarce:
+# run it after the model-quality training run has its results.
+#
+#   scripts/bench_gpu.sh [LOGS]      (LOGS: folder for the outputs; default $OUT, else bench_gpu/)
+#
+# 1. degrade_batch, Real-ESRGAN x4, batch 64, 512 crops: 224 px and 512 px
+#    (targets >= 2000 and >= 500 crops/s), then the torch-on-GPU vs numpy agreement check.
+# 2. sample, `paper` config (random weights), bf16, 128 px LR -> 512x512 (one tile), ldm and
+#    ldm-ca with 0 and 10 references side by side: DDIM-50 (target <= 1.0 s per image with
+#    10 references) and DPM-Solver++-20 (<= 0.5 s); ldm-ca 10 refs <= 1.3x ldm, 0 refs <= 1.02x.
+# 3. sample --quick (fp32, 10 DDIM steps, 128/256/512 px LR, 0/1/10 references): the README's table.
+# 4. Peak memory once tiled with no LR context kept (flat in image size) and what it costs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOGS=${1:-${OUT:-bench_gpu}}
+mkdir -p "$LOGS"
+run() { local name=$1; shift; echo "== $name: python $*"; python "$@" 2>&1 | tee "$LOGS/$name.txt"; }
+run degrade scripts/bench_degrade.py --devices cuda --skip-numpy --sizes 224,512 --n 512 --batch 64 --check
+run sample_bf16_ddim50 scripts/bench_sample.py --config paper --sizes 128 --refs 0,10 --tile 128 \
+    --precision bf16 --sampler ddim --steps 50 --repeats 5
+run sample_bf16_dpmpp20 scripts/bench_sample.py --config paper --sizes 128 --refs 0,10 --tile 128 \
+    --precision bf16 --sampler dpmpp --steps 20 --repeats 5
+run sample_quick_fp32 scripts/bench_sample.py --quick --repeats 2
+run sample_no_lr_cache scripts/bench_sample.py --quick --sizes 256,512 --refs 10 --repeats 1 --lr-cache-mb 0
