@@ -117,10 +117,7 @@ def bicubic_baseline(manifest: str | Path, out_dir: str | Path) -> None:
     """Bicubic x-scale upsampling of every LR image of a pair manifest: the floor row."""
     out_dir = Path(out_dir)
     for rec in io.read_pair_manifest(manifest):
-        lr = io.read_rgb(rec["lr_path"])
-        s = rec["scale"]
-        up = cv2.resize(lr, (lr.shape[1] * s, lr.shape[0] * s), interpolation=cv2.INTER_CUBIC)
-        io.write_image(out_dir / f"{rec['id']}_sr.png", np.clip(up, 0, 1))
+        io.write_image(out_dir / f"{rec['id']}_sr.png", io.upsample_bicubic(io.read_rgb(rec["lr_path"]), rec["scale"]))
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:

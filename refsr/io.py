@@ -405,6 +405,15 @@ def image_to_tensor(rgb: np.ndarray, value_range: tuple[float, float] = (0.0, 1.
     return x if device is None else x.to(device)
 
 
+def upsample_bicubic(rgb: np.ndarray, scale: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The one bicubic upsampling of a numpy LR image (the bicubic baseline, LR match queries,
+    the matcher's evaluation): (h, w, 3) float32 in [0, 1] -> (h * scale, w * scale, 3), or to
+    ``size`` (H, W), OpenCV ``INTER_CUBIC``, clipped to [0, 1]. The model's tensor twin is
+    :func:`refsr.models.ldm.upsample_lr`."""
+    h, w = (rgb.shape[0] * scale, rgb.shape[1] * scale) if size is None else size
+    return np.clip(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
 def to_uint(rgb: np.ndarray, bit_depth: int = 8) -> np.ndarray:
     """Round float pixels in [0, 1] to uint8 or uint16 (values outside are clipped)."""
     if bit_depth not in (8, 16):
@@ -722,28 +731,45 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict:
-    """Tensors of a safetensors file or a weights-only torch checkpoint (never unpickled).
+def read_weights(path: str | os.PathLike, what: str | None = None, error: type[RefSRError] = InputError):
+    """The one reader of a weights file: a safetensors file (a dict of tensors) or a
+    weights-only torch checkpoint (``torch.load(weights_only=True)``: never unpickled,
+    whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says), returned as stored.
 
-    A ``state_dict`` wrapper and a ``module.`` prefix (DDP) are removed.
+    Args:
+        what (`str`, optional): what the weights are for, named in the message ("FID (Inception)").
+        error (`type`, defaults to `InputError`): the error raised, the caller's choice
+            (the metrics raise ``BadWeightsError``: only that metric becomes unavailable).
 
     Raises:
-        InputError: a missing file, or one that is neither.
+        error: a missing file, or one that cannot be read as either, naming it.
     """
     import torch
 
     path = Path(path)
+    name = f"{what} weights {path}" if what else f"weights file {path}"
     if not path.is_file():
-        raise InputError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise error(f"{path}: weights file not found" if not what else f"{name} not found")
+    safetensors = path.suffix == ".safetensors"
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
 
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise InputError(f"{path}: not a weights-only torch checkpoint or safetensors file ({type(e).__name__})") from None
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        kind = "a safetensors file" if safetensors else "a weights-only checkpoint"
+        raise error(f"{name} cannot be read as {kind} ({type(e).__name__}); replace it with the published file") from None
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict:
+    """Tensors of a weights file (:func:`read_weights`) as a ``state_dict``: a ``state_dict``
+    wrapper and a ``module.`` prefix (DDP) are removed.
+
+    Raises:
+        InputError: a missing file, one that is not a weights file, or not a dict of tensors.
+    """
+    sd = read_weights(path)
     if isinstance(sd, dict) and "state_dict" in sd:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

@@ -329,3 +329,57 @@ def test_image_to_tensor_ranges_layout_and_ownership():
     before = rgb.copy()
     io.image_to_tensor(rgb).add_(1)
     assert np.array_equal(rgb, before)
+
+
+# ---------------------------------------------------------------------------------------
+# One implementation per concept (issue 15): weights files, bicubic LR upsampling, VQ factor,
+# atomic folder export
+# ---------------------------------------------------------------------------------------
+
+
+def test_one_weights_reader_with_the_callers_error(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from refsr.errors import BadWeightsError
+
+    save_file({"w": torch.ones(2)}, str(tmp_path / "a.safetensors"))
+    torch.save({"state_dict": {"module.w": torch.ones(2)}}, tmp_path / "b.pt")
+    assert io.read_weights(tmp_path / "a.safetensors")["w"].tolist() == [1.0, 1.0]
+    assert list(io.load_state_dict_file(tmp_path / "b.pt")) == ["w"]
+    for name in ("c.pt", "c.safetensors"):
+        (tmp_path / name).write_bytes(b"\x00corrupt" * 10)
+        kind = "a safetensors file" if name.endswith("safetensors") else "a weights-only checkpoint"
+        with pytest.raises(InputError, match=f"^weights file {tmp_path / name} cannot be read as {kind} "):
+            io.load_state_dict_file(tmp_path / name)
+        with pytest.raises(BadWeightsError, match=f"^FID \\(Inception\\) weights {tmp_path / name} cannot be read as "):
+            io.read_weights(tmp_path / name, "FID (Inception)", error=BadWeightsError)
+
+
+def test_one_bicubic_lr_upsampling_one_vq_factor_one_folder_export():
+    """The model's LR upsampling is `models.ldm.upsample_lr` (numpy twin: `io.upsample_bicubic`),
+    the VQ factor `models.autoencoder.vq_downsampling`, folder export `io.temp_dir_beside` +
+    `io.replace_dir`: no other module of refsr/ writes them again."""
+    import re
+
+    import torch
+    import torch.nn.functional as F
+
+    from refsr.models.ldm import upsample_lr
+
+    lr = torch.rand(1, 3, 5, 7) * 2.4 - 1.2
+    expected = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert torch.equal(upsample_lr(lr, 4), expected) and torch.equal(upsample_lr(lr, size=(20, 28)), expected)
+    assert torch.equal(upsample_lr(lr, 4, value_range=(0, 1)), expected.clamp(0, 1))
+    rgb = np.random.default_rng(0).random((5, 7, 3), dtype=np.float32)
+    assert np.array_equal(io.upsample_bicubic(rgb, 3),
+                          np.clip(cv2.resize(rgb, (21, 15), interpolation=cv2.INTER_CUBIC), 0, 1))
+    root = Path(io.__file__).parent
+    sources = {p.relative_to(root).as_posix(): p.read_text() for p in root.rglob("*.py")}
+    where = lambda pattern: sorted(n for n, s in sources.items() if re.search(pattern, s))  # noqa: E731
+    assert where(r'mode="bicubic"') == ["models/ldm.py"]
+    # cv2 cubic elsewhere is not LR upsampling: degradation ops, reference fragments, CLIP preprocessing
+    assert where(r"INTER_CUBIC") == ["degrade/ops.py", "io.py", "retrieval/embed.py", "sample/references.py"]
+    assert where(r"2 \*\* \(len\(\w+(\.\w+)*\.config\.block_out_channels\)") == ["models/autoencoder.py"]
+    assert where(r"mkdtemp|\.tmp\"\)?\s*$|tmp\.mkdir\(") == ["io.py"]
+    assert where(r"torch\.load\((?!weights_only)") == ["io.py"]  # one weights reader, io.read_weights

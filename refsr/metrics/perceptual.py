@@ -12,7 +12,7 @@ where to get it. Tests build the same modules with random weights and pass them 
   "Bad photo." anchors), built from ``~/.cache/clip/RN50.pt`` (TorchScript) and
   ``~/.cache/clip/clipiqa_tokens.pt``.
 
-Every checkpoint is read by us with ``torch.load(weights_only=True)`` (:func:`read_checkpoint`),
+Every checkpoint is read by us with ``torch.load(weights_only=True)`` (:func:`refsr.io.read_weights`),
 including those the packages would load themselves (lpips' linear layers, piq's tokens), and
 handed over as tensors; a file that cannot be read that way raises
 :class:`refsr.errors.BadWeightsError` naming it.
@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import BadWeightsError, MissingWeightsError
+from ..io import read_weights
 
 LPIPS_NETS = ("alex", "vgg")
 # torchvision ImageNet checkpoints the lpips trunks come from (torch hub cache names).
@@ -72,24 +73,6 @@ def require_weights(path: Path, what: str, url: str) -> Path:
     )
 
 
-def read_checkpoint(path: Path, what: str) -> dict:
-    """A third-party checkpoint, read with ``torch.load(weights_only=True)`` (never unpickled,
-    whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says).
-
-    Raises:
-        BadWeightsError: the file is corrupt or holds more than tensors, naming it.
-    """
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BadWeightsError(f"{what} weights {path} cannot be read as a weights-only checkpoint "
-                              f"({type(e).__name__}); replace it with the published file") from None
-
-
-
-
 # ---------------------------------------------------------------------------------------
 # LPIPS
 # ---------------------------------------------------------------------------------------
@@ -124,7 +107,7 @@ def lpips_linear_weights(net: str) -> Path:
 def build_lpips(net: str = "alex", trunk_state: dict | None = None):
     """An ``lpips.LPIPS`` v0.1 model with the package's linear layers and a given trunk.
 
-    The linear layers are read by :func:`read_checkpoint` (lpips' own loading would
+    The linear layers are read by :func:`refsr.io.read_weights` (lpips' own loading would
     unpickle them); nothing is downloaded.
 
     Args:
@@ -142,7 +125,7 @@ def build_lpips(net: str = "alex", trunk_state: dict | None = None):
         warnings.simplefilter("ignore", UserWarning)
         model = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     linear, what = lpips_linear_weights(net), f"LPIPS ({net} linear layers)"
-    state = read_checkpoint(linear, what)
+    state = read_weights(linear, what, error=BadWeightsError)
     needed = [k for k in model.state_dict() if re.match(r"lin\d\.", k)]  # ``lins.N`` are the same layers
     if not isinstance(state, dict) or any(k not in state or state[k].shape != model.state_dict()[k].shape for k in needed):
         raise BadWeightsError(f"{what} weights {linear}: not lpips' v0.1 {net} linear layers")
@@ -163,7 +146,7 @@ def load_lpips(net: str = "alex", device="cpu"):
     _check_lpips_net(net)
     what = f"LPIPS ({net} trunk)"
     path = require_weights(hub_checkpoint(LPIPS_BACKBONES[net]), what, LPIPS_BACKBONES[net])
-    return build_lpips(net, read_checkpoint(path, what)).to(device)
+    return build_lpips(net, read_weights(path, what, error=BadWeightsError)).to(device)
 
 
 def lpips_distance(model, pred, gt):
@@ -192,7 +175,7 @@ def lpips_distance(model, pred, gt):
 def load_clipiqa(device="cpu"):
     """``piq.CLIPIQA`` (data range 1) from the files piq caches in ``~/.cache/clip``, read by
     us: the CLIP RN50 TorchScript archive with ``torch.jit.load`` (no Python unpickling) and
-    the prompt tokens with :func:`read_checkpoint`, handed to piq's constructor in place of
+    the prompt tokens with :func:`refsr.io.read_weights`, handed to piq's constructor in place of
     its own loaders (which would download, and unpickle the tokens).
 
     Raises:
@@ -208,7 +191,7 @@ def load_clipiqa(device="cpu"):
 
     model_path = require_weights(clip_cache_dir() / "RN50.pt", "CLIP-IQA (CLIP RN50)", CLIPIQA_MODEL_URL)
     tokens_path = require_weights(clip_cache_dir() / "clipiqa_tokens.pt", "CLIP-IQA (prompt tokens)", CLIPIQA_TOKENS_URL)
-    tokens = read_checkpoint(tokens_path, "CLIP-IQA (prompt tokens)")
+    tokens = read_weights(tokens_path, "CLIP-IQA (prompt tokens)", error=BadWeightsError)
     if not torch.is_tensor(tokens) or tokens.dtype not in (torch.int32, torch.int64) or tokens.dim() != 2:
         raise BadWeightsError(f"CLIP-IQA (prompt tokens) weights {tokens_path}: expected a 2-d integer tensor of tokens")
     try:
@@ -271,7 +254,7 @@ def load_fid_inception(device="cpu"):
             ``<torch hub dir>/checkpoints``. BadWeightsError: it is there but unreadable.
     """
     path = require_weights(hub_checkpoint(FID_INCEPTION_URL), "FID (Inception)", FID_INCEPTION_URL)
-    state = read_checkpoint(path, "FID (Inception)")
+    state = read_weights(path, "FID (Inception)", error=BadWeightsError)
     try:
         return build_fid_inception(state).to(device)
     except (RuntimeError, TypeError, AttributeError, KeyError) as e:

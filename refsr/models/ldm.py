@@ -310,15 +310,28 @@ class RefSRModel(nn.Module):
         """Predicted noise (B, C, h, w) for noisy latents (B, C, h, w), timesteps (B,) long
         and the LR image (B, 3, h', w') in [-1, 1] (resized to (h, w) if needed)."""
         if lr.shape[-2:] != noisy_latents.shape[-2:]:
-            lr = F.interpolate(lr, size=noisy_latents.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+            lr = upsample_lr(lr, size=noisy_latents.shape[-2:])
         x = torch.cat([noisy_latents, lr.to(noisy_latents.dtype)], dim=1)
         if self.ref_branch is None or ref_context is None or not ref_context.any_real:  # no host sync
             return self.unet(x, timesteps).sample
         if lr_context is None:
-            up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
-            lr_context = self.encode_lr(up)
+            lr_context = self.encode_lr(upsample_lr(lr, self.scale))
         hook = lambda i, h: self.ref_branch.inject(i, h, lr_context, ref_context)  # noqa: E731
         return unet_forward(self.unet, x, timesteps, decoder_hook=hook)
+
+
+def upsample_lr(lr: torch.Tensor, scale: int | None = None, size: tuple[int, int] | None = None,
+                value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """The one bicubic LR upsampling of the tensors of refsr (the model's LR input and E_LR in
+    training and sampling, the matcher's LR queries in training): (B, 3, h, w) in
+    ``value_range`` -> (B, 3, h * scale, w * scale), or to ``size`` (H, W), bicubic
+    (``align_corners=False``) and clamped to ``value_range``. Its numpy twin for [0, 1]
+    images is :func:`refsr.io.upsample_bicubic` (OpenCV's, for baselines and LR queries)."""
+    if size is not None:
+        up = F.interpolate(lr, size=tuple(size), mode="bicubic", align_corners=False)
+    else:
+        up = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    return up.clamp(*value_range)
 
 
 def unet_forward(unet, sample: torch.Tensor, timestep, decoder_hook=None) -> torch.Tensor:

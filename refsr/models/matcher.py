@@ -30,7 +30,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..constants import EXPORT_DTYPES
-from ..errors import InputError, MissingWeightsError
+from ..errors import BadWeightsError, InputError, MissingWeightsError
 
 SHIPPED_MATCHER = Path(__file__).resolve().parents[1] / "weights" / "matcher"  # `--matcher shipped`
 MATCHER_SPECS = ("shipped", "imagenet", "none")  # besides a folder
@@ -212,7 +212,9 @@ def _imagenet_state_dict(arch: str) -> dict:
             f"ImageNet {arch} weights are not cached: {target} is missing ({weights.url}); copy that file there, "
             "or use --matcher shipped, none (random) or FOLDER (a trained matcher)")
     renamed = {}
-    for k, v in torch.load(target, map_location="cpu", weights_only=True).items():
+    from ..io import read_weights
+
+    for k, v in read_weights(target, f"ImageNet {arch}", error=BadWeightsError).items():
         if k.startswith(("conv1.", "bn1.")):
             renamed["trunk.stem." + ("0" if k.startswith("conv1.") else "1") + k[k.index("."):]] = v
         elif k.startswith("layer"):

@@ -136,14 +136,11 @@ class Query:
 
     def read(self) -> np.ndarray:
         """(H, W, 3) float32 RGB in [0, 1]; an LR query is upsampled bicubically by ``upscale``."""
-        import cv2
-
-        from ..io import read_rgb
+        from ..io import read_rgb, upsample_bicubic
 
         rgb = read_rgb(self.image)
         if self.upscale > 1:
-            h, w = rgb.shape[:2]
-            rgb = np.clip(cv2.resize(rgb, (w * self.upscale, h * self.upscale), interpolation=cv2.INTER_CUBIC), 0, 1)
+            rgb = upsample_bicubic(rgb, self.upscale)
         return rgb
 
 

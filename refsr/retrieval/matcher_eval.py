@@ -51,9 +51,8 @@ def make_queries(images: list[np.ndarray], patch: int, stride: int, per_image: i
     Raises:
         ValueError: ``patch`` not a multiple of ``scale`` when degrading.
     """
-    import cv2
-
     from ..degrade import degrade_image, resolve_config, sample_params
+    from ..io import upsample_bicubic
     from ..seeding import rng_for
     from .match import window_boxes
 
@@ -74,7 +73,7 @@ def make_queries(images: list[np.ndarray], patch: int, stride: int, per_image: i
             qid = f"{i}-{j}"
             if config is not None:
                 _, lr = degrade_image(crop, sample_params(seed, f"matcher-eval-{qid}", config), scale)
-                crop = np.clip(cv2.resize(lr, (patch, patch), interpolation=cv2.INTER_CUBIC), 0, 1).astype(np.float32)
+                crop = upsample_bicubic(lr, size=(patch, patch)).astype(np.float32)
             queries.append(EvalQuery(qid, i, b.copy(), crop))
     return queries
 

@@ -69,9 +69,10 @@ class SampleSettings:
 
 def model_factors(model) -> tuple[int, int, int]:
     """``(scale, vq_factor, unet_factor)``: SR factor, VQ downsampling, U-Net downsampling."""
-    vq = 2 ** (len(model.vqvae.config.block_out_channels) - 1)
+    from ..models.autoencoder import vq_downsampling
+
     unet = 2 ** (len(model.unet.config.down_block_types) - 1)
-    return int(model.scale), vq, unet
+    return int(model.scale), vq_downsampling(model.vqvae), unet
 
 
 def autocast_for(device, precision: str):
@@ -164,11 +165,11 @@ class _Canvas:
 
 def _plan(model, lr, settings: SampleSettings, force_tiles: bool = False) -> _Canvas:
     """Step 1: pad the LR to what the model needs, upsample it, lay out the tiles."""
-    import torch.nn.functional as F
+    from ..models.ldm import upsample_lr
 
     scale, vq, unet = model_factors(model)
     lr_pad, size = pad_to_multiple(lr, lr_multiple(scale, vq, unet))
-    lr_up = F.interpolate(lr_pad, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+    lr_up = upsample_lr(lr_pad, scale)
     hl, wl = lr_pad.shape[-2] * scale // vq, lr_pad.shape[-1] * scale // vq
     tiles = None
     if settings.tile and (force_tiles or max(size) > settings.tile):

@@ -14,12 +14,11 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
 from ..models.autoencoder import LatentSpec, read_latent_spec
-from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config
+from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config, upsample_lr
 from ..models.ref_branch import branch_for
 from .data import PairDataset
 from .loop import Stage, save_grid
@@ -157,8 +156,7 @@ class DiffusionModule(nn.Module):
         """E_LR and E_Ref contexts for ``ldm-ca`` when some image has references, else None."""
         if self.model.ref_branch is None or refs is None or mask is None or not bool(mask.any()):
             return None, None
-        up = F.interpolate(lr, scale_factor=self.model.scale, mode="bicubic", align_corners=False).clamp(-1, 1)
-        return self.model.encode_lr(up), self.model.encode_references(refs, mask)
+        return self.model.encode_lr(upsample_lr(lr, self.model.scale)), self.model.encode_references(refs, mask)
 
 
 class OnTheFlyDegrade:
@@ -217,8 +215,7 @@ class DiffusionStage(Stage):
             hr, lr = module.degrade(hr, batch["degrade_key"])
         lr_ctx, ref_ctx = module.contexts(lr, batch.get("refs"), batch.get("ref_mask"))
         sample = ddim_sample(module.model, lr, lr_ctx, ref_ctx, self.validation_steps, self.seed)
-        up = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False)
-        save_grid([up, sample, hr], path)
+        save_grid([upsample_lr(lr, size=hr.shape[-2:]), sample, hr], path)
 
     def export(self, module, folder: Path) -> None:
         module.model.save_pretrained(folder)

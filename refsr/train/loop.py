@@ -38,7 +38,7 @@ from torch import nn
 
 from ..constants import LR_SCHEDULES, MIXED_PRECISION
 from ..errors import InputError, OutputError
-from ..io import atomic_path, replace_dir, write_json
+from ..io import atomic_path, replace_dir, temp_dir_beside, write_json
 from ..progress import is_quiet, progress
 from ..seeding import torch_generator_for
 
@@ -167,9 +167,9 @@ def save_checkpoint(folder: Path, module: nn.Module, optimizer, ema: EMA, step: 
     from safetensors.torch import save_file
 
     final = folder / f"step-{step:07d}"
-    tmp = folder / f".step-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    for stale in folder.glob(f".{final.name}.*tmp"):  # left by a killed run (this run's own temp folders)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = temp_dir_beside(final)
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))

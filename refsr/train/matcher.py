@@ -158,12 +158,13 @@ class MatcherModule(nn.Module):
     def degraded(self, query: torch.Tensor, keys) -> torch.Tensor:
         """(B, 3, P, P) clean in [0, 1] -> degraded LR upsampled to (B, 3, P, P) in [0, 1]."""
         from ..degrade import degrade_batch, sample_params
+        from ..models.ldm import upsample_lr
 
         with torch.no_grad():
             params = [sample_params(self.seed, str(k), self.degrade_config) for k in keys]
             lr = degrade_batch(query.float(), params, self.scale)
-            up = F.interpolate(lr, size=query.shape[-2:], mode="bicubic", align_corners=False)
-        return up.clamp(0, 1).to(query.dtype)
+            up = upsample_lr(lr, size=query.shape[-2:], value_range=(0.0, 1.0))
+        return up.to(query.dtype)
 
     def forward(self, batch: dict, generator=None):
         query = self.degraded(batch["query"], batch["degrade_key"])
