@@ -9,7 +9,7 @@
 # 2. sample, `paper` config (random weights), bf16, 128 px LR -> 512x512 (one tile), ldm and
 #    ldm-ca with 0 and 10 references side by side: DDIM-50 (target <= 1.0 s per image with
 #    10 references) and DPM-Solver++-20 (<= 0.5 s); ldm-ca 10 refs <= 1.3x ldm, 0 refs <= 1.02x.
-# 3. sample --quick (fp32, 10 DDIM steps, 128/256/512 px LR, 0/1/10 references): the README's table.
+# 3. sample --quick (fp32, 10 DDIM steps, 128/256/512 px LR, 0/1/10 references): the table of docs/sample.md.
 # 4. Peak memory once tiled with no LR context kept (flat in image size) and what it costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."

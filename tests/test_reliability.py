@@ -1,6 +1,6 @@
 """Issue 17: what every command promises about the files it writes and the inputs it reads.
 
-Each test here backs one line of the README's "Reliability" list.
+Each test here backs one line of the "Reliability" list (docs/formats.md).
 """
 
 from __future__ import annotations
