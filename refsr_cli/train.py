@@ -258,7 +258,7 @@ def autoencoder(**o):
               "the model's scheduler config (default: config, epsilon).")
 @click.option("--min-snr-gamma", type=click.FloatRange(min=0), default=None,
               help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their value), 0 = off (default: config, 0); "
-              "recorded in refsr.json.")
+              "recorded in the model's model_index.json.")
 @loop_options()
 def diffusion(**o):
     """Train the diffusion denoiser (kind ldm) or the denoiser with the reference branch
@@ -266,7 +266,7 @@ def diffusion(**o):
 
     DATA: a pair manifest (pairs/manifest.jsonl from `refsr degrade`); --matches gives the
     references. Writes RUN/model/: the model folder (vqvae/, unet/, ref_branch/,
-    scheduler/, refsr.json; EMA weights) that `refsr sample --model` loads.
+    scheduler/, model_index.json; EMA weights) that `refsr sample --model` loads.
 
     \b
     Examples:

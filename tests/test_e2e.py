@@ -61,7 +61,7 @@ def test_pipeline_script_chains_the_six_stages(tmp_path, hr_and_refs):
     assert all(Path(r["path"]).name in {"motorcycle_right.png", "chelsea.png"} for m in matches for r in m["refs"])
     for run in ("vq", "ldm-ca"):
         assert (work / "runs" / run / "model").is_dir() and (work / "runs" / run / "metrics.jsonl").is_file()
-    assert json.loads((work / "runs/ldm-ca/model/refsr.json").read_text())["kind"] == "ldm-ca"
+    assert json.loads((work / "runs/ldm-ca/model/model_index.json").read_text())["kind"] == "ldm-ca"
     outs = sorted((work / "restored").glob("*_sr.png"))
     assert [p.name for p in outs] == sorted(f"{p['id']}_sr.png" for p in pairs)
     assert io.read_rgb(outs[0]).shape == (64, 64, 3)

@@ -21,7 +21,7 @@ from refsr.train.autoencoder import AutoencoderStage, centre_crop, reconstructio
 from refsr.train.diffusion import DiffusionStage, diffusion_target, min_snr_weight
 from refsr_cli.main import cli
 
-from test_models import MICRO
+from test_models import MICRO, as_old_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,10 +132,7 @@ def test_decode_inverts_the_latent_scale_and_folders_keep_the_settings(tmp_path)
 def test_folder_without_latent_scale_loads_with_scale_1_and_says_so_once(tmp_path, caplog):
     torch.manual_seed(0)
     RefSRModel.from_config(MICRO, kind="ldm").save_pretrained(tmp_path / "old")
-    meta = read_json(tmp_path / "old" / "refsr.json")
-    for key in ("latent_scale", "decode_quantized"):
-        meta.pop(key)
-    (tmp_path / "old" / "refsr.json").write_text(json.dumps(meta))
+    as_old_layout(tmp_path / "old", drop=("latent_scale", "decode_quantized"))
     with caplog.at_level(logging.INFO, logger="refsr.models"):
         a = RefSRModel.from_pretrained(tmp_path / "old")
         b = RefSRModel.from_pretrained(tmp_path / "old")
@@ -217,7 +214,7 @@ def test_v_prediction_and_min_snr_reach_the_loss_and_the_folder(tmp_path, pairs_
         want = ((pred - v).pow(2).mean(dim=(1, 2, 3)) * snr.clamp(max=5.0) / (snr + 1)).mean()
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
     run_training(stage, _ae_opts(tmp_path / "ldm", steps=1))
-    meta = read_json(tmp_path / "ldm" / "model" / "refsr.json")
+    meta = read_json(tmp_path / "ldm" / "model" / "model_index.json")
     assert meta["recipe"]["min_snr_gamma"] == 5.0
     assert meta["latent_scale"] == read_latent_spec(vq / "model" / "vqvae").scale
     sched = read_json(tmp_path / "ldm" / "model" / "scheduler" / "scheduler_config.json")

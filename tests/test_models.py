@@ -191,7 +191,7 @@ def test_export_reload_gives_the_same_outputs(tmp_path):
     model.save_pretrained(tmp_path / "model")
     again = RefSRModel.from_pretrained(tmp_path / "model").eval()
     assert again.kind == "ldm-ca" and again.patch_size == 32 and again.ref_size == 32
-    assert json.loads((tmp_path / "model" / "refsr.json").read_text())["format"] == "refsr.model/1"
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["_class_name"] == "RefSRPipeline"
     noisy, t, lr, refs = _inputs(model, b=2, r=2)
     hr = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -199,7 +199,135 @@ def test_export_reload_gives_the_same_outputs(tmp_path):
         b = again(noisy, t, lr, None, again.encode_references(refs))
         assert torch.equal(model.decode(model.encode(hr)), again.decode(again.encode(hr)))
     assert torch.equal(a, b)
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["ref_branch", "refsr.json", "scheduler", "unet", "vqvae"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model_index.json", "ref_branch", "scheduler", "unet", "vqvae"]
+
+
+def as_old_layout(folder, drop=()):
+    """Turn a saved model folder into the layout before model_index.json: ``refsr.json`` (format
+    refsr.model/1, without the keys in ``drop``) and a ref_branch config holding the whole U-Net
+    config (``unet_config``) instead of its encoder part."""
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").unlink()
+    meta = {"format": "refsr.model/1", "latent_channels": 3,
+            **{k: index[k] for k in ("kind", "scale", "patch_size", "ref_size", "max_refs", "latent_scale",
+                                     "decode_quantized", "recipe") if k not in drop}}
+    (folder / "refsr.json").write_text(json.dumps(meta))
+    if (folder / "ref_branch").is_dir():
+        cfg = json.loads((folder / "ref_branch" / "config.json").read_text())
+        cfg.pop("encoder_config")
+        cfg["unet_config"] = {k: v for k, v in json.loads((folder / "unet" / "config.json").read_text()).items()
+                              if not k.startswith("_")}
+        (folder / "ref_branch" / "config.json").write_text(json.dumps(cfg))
+
+
+def _same_model_outputs(a, b):
+    noisy, t, lr, refs = _inputs(a, b=2, r=2)
+    hr = torch.rand(2, 3, a.patch_size, a.patch_size, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(a(noisy, t, lr, None, a.encode_references(refs)), b(noisy, t, lr, None, b.encode_references(refs)))
+        assert torch.equal(a.decode(a.encode(hr)), b.decode(b.encode(hr)))
+
+
+@pytest.mark.parametrize("kind", ["ldm", "ldm-ca"])
+def test_pipeline_folder_save_reload_same_outputs(tmp_path, kind):
+    """save_pretrained writes a RefSRPipeline folder (model_index.json); RefSRModel,
+    RefSRPipeline and DiffusionPipeline all load it, with the latent settings, recipe and
+    prediction type kept and the same outputs."""
+    from diffusers import DiffusionPipeline
+
+    from refsr.models import RefSRPipeline
+    from refsr.models.autoencoder import LatentSpec
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind=kind).eval()
+    if kind == "ldm-ca":
+        _randomise_out(model)
+    model.latent, model.recipe = LatentSpec(2.5, False), {"min_snr_gamma": 5.0}
+    model.scheduler_config["prediction_type"] = "v_prediction"
+    model.save_pretrained(tmp_path / "m")
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["_class_name"] == "RefSRPipeline" and index["kind"] == kind
+    assert index["vqvae"] == ["diffusers", "VQModel"] and index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    assert index["ref_branch"] == (["refsr.models.ref_branch", "RefBranch"] if kind == "ldm-ca" else [None, None])
+    assert (index["latent_scale"], index["decode_quantized"], index["recipe"]) == (2.5, False, {"min_snr_gamma": 5.0})
+    assert not (tmp_path / "m" / "refsr.json").exists()
+    assert (tmp_path / "m" / "ref_branch").is_dir() == (kind == "ldm-ca")
+    pipes = [RefSRPipeline.from_pretrained(tmp_path / "m"), DiffusionPipeline.from_pretrained(tmp_path / "m")]
+    assert all(type(p) is RefSRPipeline for p in pipes)
+    for again in [RefSRModel.from_pretrained(tmp_path / "m")] + [p.to_model() for p in pipes]:
+        again.eval()
+        assert (again.kind, again.patch_size, again.ref_size, again.max_refs) == (kind, 32, 32, 2)
+        assert (again.latent.scale, again.latent.decode_quantized) == (2.5, False)
+        assert again.recipe == {"min_snr_gamma": 5.0} and again.prediction_type == "v_prediction"
+        _same_model_outputs(model, again)
+
+
+def test_old_layout_folder_loads_with_the_same_outputs(tmp_path):
+    """A folder of the layout before model_index.json (refsr.json; ref_branch config with the
+    whole U-Net config) loads, gives the same outputs and re-saves in the new layout."""
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm-ca").eval()
+    _randomise_out(model)
+    from refsr.models.autoencoder import LatentSpec
+
+    model.latent = LatentSpec(0.5, False)
+    model.save_pretrained(tmp_path / "old")
+    as_old_layout(tmp_path / "old")
+    assert "unet_config" in json.loads((tmp_path / "old" / "ref_branch" / "config.json").read_text())
+    old = RefSRModel.from_pretrained(tmp_path / "old").eval()
+    assert (old.latent.scale, old.latent.decode_quantized) == (0.5, False)
+    _same_model_outputs(model, old)
+    old.save_pretrained(tmp_path / "new")
+    cfg = json.loads((tmp_path / "new" / "ref_branch" / "config.json").read_text())
+    assert "unet_config" not in cfg and cfg["encoder_config"]["block_out_channels"] == [16, 32]
+    assert "up_block_types" not in cfg["encoder_config"] and "sample_size" not in cfg["encoder_config"]
+    _same_model_outputs(model, RefSRModel.from_pretrained(tmp_path / "new").eval())
+
+
+def test_ref_branch_encoder_is_the_unets_encoder_without_timestep():
+    """UNetEncoder built from the encoder config has the U-Net's encoder modules (minus the
+    time projections): its state dict loads the U-Net's strictly and gives what a deep copy of
+    the U-Net's encoder with the projections removed gives (the construction before)."""
+    import copy
+
+    from diffusers import UNet2DModel
+
+    from refsr.models.ref_branch import UNetEncoder, encoder_config
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**load_config(MICRO)["unet"])
+    old = torch.nn.Module()
+    old.conv_in, old.down_blocks, old.mid_block = (copy.deepcopy(m) for m in (unet.conv_in, unet.down_blocks, unet.mid_block))
+    for sub in old.modules():
+        if hasattr(sub, "time_emb_proj"):
+            sub.time_emb_proj = None
+    new = UNetEncoder(encoder_config(unet.config))
+    new.load_state_dict(old.state_dict(), strict=True)
+    shown = lambda m: [line for line in repr(m).splitlines() if "(time_emb_proj): None" not in line]  # noqa: E731
+    assert shown(new.down_blocks) == shown(old.down_blocks) and shown(new.mid_block) == shown(old.mid_block)
+    x = torch.randn(2, 6, 8, 8)
+    old.forward = lambda x: UNetEncoder.forward(old, x)
+    with torch.no_grad():
+        a, b = new(x), old.forward(x)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shipped_model_loads_as_before(tmp_path):
+    """refsr/weights/default (old layout, left as shipped) loads every stored tensor, and
+    re-saved in the new layout gives the same outputs."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from refsr.sample.loading import default_model_path
+
+    folder = default_model_path()
+    model = RefSRModel.from_pretrained(folder).eval()
+    stored = load_file(str(Path(folder) / "ref_branch" / "diffusion_pytorch_model.safetensors"))
+    state = model.ref_branch.state_dict()
+    assert state.keys() == stored.keys() and all(torch.equal(state[k], stored[k].float()) for k in stored)
+    model.save_pretrained(tmp_path / "m")
+    _same_model_outputs(model, RefSRModel.from_pretrained(tmp_path / "m").eval())
 
 
 def test_init_from_a_diffusers_ldm_sr_folder(tmp_path):

@@ -142,7 +142,7 @@ def test_cli_autoencoder_then_diffusion_end_to_end(tmp_path, pairs):
               "--config", cfg, "--steps", 2, "--device", "cpu", "--validate-every", 2, "-o", tmp_path / "ldm"])
     assert r.exit_code == 0, r.output
     assert "trained diffusion for 2 steps" in r.output
-    assert (tmp_path / "ldm" / "model" / "refsr.json").is_file()
+    assert (tmp_path / "ldm" / "model" / "model_index.json").is_file()
     assert (tmp_path / "ldm" / "validation" / "step-0000002.png").is_file()
 
 

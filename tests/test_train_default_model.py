@@ -55,7 +55,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
         assert row in table
     ae = read_json(results / "autoencoder_eval.json")
     assert ae["images"] >= 1 and ae["border"] == 4
-    meta = read_json(results / "default_model" / "refsr.json")
+    meta = read_json(results / "default_model" / "model_index.json")
     assert meta["kind"] == "ldm-ca"
     assert read_json(results / "default_model" / "scheduler" / "scheduler_config.json")["prediction_type"] == "v_prediction"
     assert meta["recipe"]["min_snr_gamma"] == 5.0 and meta["latent_scale"] != 1.0

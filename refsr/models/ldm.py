@@ -4,18 +4,18 @@ Convention (diffusers ``LDMSuperResolutionPipeline``): the LR image in [-1, 1] i
 concatenated to the latents on the channel axis and decoding is
 ``vqvae.decode(latents).sample`` clamped to [-1, 1]. On top of it, a refsr model may scale
 its latents to unit variance and decode without the quantiser (``latent_scale``,
-``decode_quantized`` in ``refsr.json``; see :class:`refsr.models.autoencoder.LatentSpec`);
+``decode_quantized`` in ``model_index.json``; see :class:`refsr.models.autoencoder.LatentSpec`);
 LDM-SR folders have scale 1 and quantised decoding, so they give the pipeline's output.
 
-A model folder (``save_pretrained``) is the diffusers layout: ``vqvae/``, ``unet/``,
-``scheduler/``, ``ref_branch/`` (``ldm-ca`` only) and ``refsr.json``.
+A model folder is a :class:`refsr.models.pipeline.RefSRPipeline` folder (``model_index.json``,
+``vqvae/``, ``unet/``, ``scheduler/``, ``ref_branch/`` for ``ldm-ca``): ``save_pretrained``
+and ``from_pretrained`` go through the pipeline, which holds the same component objects.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,12 +24,12 @@ from torch import nn
 
 from ..constants import KINDS, PREDICTION_TYPES
 from ..errors import InputError
-from .autoencoder import LatentSpec, build_vqvae, init_keywords, read_latent_spec, vq_downsampling
-from .ref_branch import AGGREGATIONS, LRContext, RefBranch, RefContext, branch_for
+from .autoencoder import LatentSpec, build_vqvae, init_keywords, vq_downsampling
+from .ref_branch import AGGREGATIONS, LRContext, RefContext, branch_for
 
 log = logging.getLogger("refsr.models")
 
-MODEL_FORMAT = "refsr.model/1"
+MODEL_FORMAT = "refsr.model/1"  # the ``format`` of ``refsr.json`` in folders before model_index.json
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # LDM-SR's noise schedule (CompVis ldm-super-resolution-4x-openimages)
@@ -175,7 +175,7 @@ class RefSRModel(nn.Module):
         self.scheduler_config = dict(scheduler_config or SCHEDULER_CONFIG)
         self.scale, self.patch_size, self.ref_size, self.max_refs = int(scale), int(patch_size), int(ref_size), int(max_refs)
         self.latent = latent or LatentSpec()
-        self.recipe: dict = {}  # how it was trained (e.g. min_snr_gamma), kept in refsr.json
+        self.recipe: dict = {}  # how it was trained (e.g. min_snr_gamma), kept in model_index.json
         check_compatible(vqvae, unet, scale)
 
     @property
@@ -200,12 +200,14 @@ class RefSRModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> "RefSRModel":
-        """Load a refsr model folder, or any diffusers LDM-SR folder (kind ``ldm``, scale 4).
+        """Load a model folder: a ``RefSRPipeline`` folder, the older refsr layout (``refsr.json``)
+        or any diffusers LDM-SR folder (kind ``ldm``, scale 4). Hub ids are resolved to a local
+        folder by :func:`refsr.sample.loading.resolve_model_path`.
 
         Raises:
             InputError: the folder or one of its parts (named) is missing.
         """
-        from diffusers import UNet2DModel, VQModel
+        from .pipeline import RefSRPipeline
 
         path = Path(path)
         if not path.is_dir():
@@ -213,49 +215,49 @@ class RefSRModel(nn.Module):
         for part in ("vqvae", "unet"):
             if not (path / part / "config.json").is_file():
                 raise InputError(f"{path}: not a model folder ({part}/config.json is missing)")
-        meta = _read_meta(path)
-        vqvae = VQModel.from_pretrained(path / "vqvae")
-        unet = UNet2DModel.from_pretrained(path / "unet")
-        branch = None
-        if meta["kind"] == "ldm-ca":
-            if not (path / "ref_branch" / "config.json").is_file():
-                raise InputError(f"{path}: kind 'ldm-ca' but ref_branch/config.json is missing")
-            branch = RefBranch.from_pretrained(path / "ref_branch")
-        sched = _read_scheduler(path)
-        patch = meta.get("patch_size") or 4 * int(unet.config.sample_size or 64)
-        model = cls(vqvae, unet, branch, sched, meta["kind"], meta.get("scale", 4), patch,
-                    meta.get("ref_size", patch), meta.get("max_refs", 10), _latent_spec(path, meta))
-        model.recipe = dict(meta.get("recipe", {}))
+        from diffusers.utils import logging as diffusers_logging
+
+        quiet = not diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar
+        try:
+            model = RefSRPipeline.from_pretrained(path).to_model()
+        finally:
+            if not quiet:
+                diffusers_logging.enable_progress_bar()
         return model.to(device=device, dtype=dtype) if (device or dtype) else model
 
     def save_pretrained(self, path) -> None:
-        """Write the model folder (diffusers layout, safetensors). The folder appears whole:
-        it is written beside ``path`` and renamed into place."""
-        from diffusers import DDPMScheduler
+        """Write the model folder (:meth:`pipeline`'s ``save_pretrained``: ``model_index.json`` +
+        component folders, safetensors). The folder appears whole: it is written beside ``path``
+        and renamed into place."""
+        import shutil
 
-        from ..io import replace_dir, temp_dir_beside, write_json
+        from ..io import replace_dir, temp_dir_beside
 
         path = Path(path)
         tmp = temp_dir_beside(path)
         try:
-            self.vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
-            self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
-            if self.ref_branch is not None:
-                self.ref_branch.save_pretrained(tmp / "ref_branch", safe_serialization=True)
-            DDPMScheduler(**_scheduler_kwargs(self.scheduler_config)).save_pretrained(tmp / "scheduler")
-            write_json(tmp / "refsr.json", self.meta())
+            self.pipeline().save_pretrained(tmp, safe_serialization=True)
             replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def pipeline(self):
+        """A :class:`refsr.models.pipeline.RefSRPipeline` holding these component objects (not
+        copies), a DDPM scheduler of ``scheduler_config`` and :meth:`meta` as its settings."""
+        from diffusers import DDPMScheduler
+
+        from .pipeline import RefSRPipeline
+
+        scheduler = DDPMScheduler(**_scheduler_kwargs(self.scheduler_config))
+        return RefSRPipeline(self.vqvae, self.unet, scheduler, self.ref_branch, **self.meta())
+
     def meta(self) -> dict:
-        """The content of ``refsr.json``."""
-        return {"format": MODEL_FORMAT, "kind": self.kind, "scale": self.scale, "patch_size": self.patch_size,
-                "ref_size": self.ref_size, "max_refs": self.max_refs,
-                "latent_channels": int(self.vqvae.config.latent_channels),
-                "latent_scale": self.latent.scale, "decode_quantized": self.latent.decode_quantized,
-                **({"recipe": self.recipe} if self.recipe else {})}
+        """The refsr settings of the folder (the ``RefSRPipeline`` config in ``model_index.json``)."""
+        return {"kind": self.kind, "scale": self.scale, "patch_size": self.patch_size, "ref_size": self.ref_size,
+                "max_refs": self.max_refs, "latent_scale": self.latent.scale,
+                "decode_quantized": self.latent.decode_quantized, "recipe": dict(self.recipe)}
 
     # -- encoders -------------------------------------------------------------------
 
@@ -401,42 +403,3 @@ def _scheduler_kwargs(cfg: dict) -> dict:
 
     keys = init_keywords(DDPMScheduler)
     return {k: v for k, v in cfg.items() if k in keys}
-
-
-def _read_meta(path: Path) -> dict:
-    from ..io import read_json
-
-    if (path / "refsr.json").is_file():
-        meta = read_json(path / "refsr.json")
-        if meta.get("kind") not in KINDS:
-            raise InputError(f"{path / 'refsr.json'}: unknown model kind {meta.get('kind')!r}")
-        return meta
-    return {"kind": "ldm", "scale": 4}  # a plain diffusers LDM-SR folder
-
-
-_SAID_SCALE_1: set[str] = set()
-
-
-def _latent_spec(path: Path, meta: dict) -> LatentSpec:
-    """The latent settings of a model folder: ``refsr.json``, else ``vqvae/refsr_latent.json``,
-    else scale 1 with quantised decoding (said once per folder)."""
-    if "latent_scale" in meta:
-        return LatentSpec(float(meta["latent_scale"]), bool(meta.get("decode_quantized", True)))
-    spec = read_latent_spec(path / "vqvae")
-    if spec is not None:
-        return spec
-    if str(path.resolve()) not in _SAID_SCALE_1:
-        _SAID_SCALE_1.add(str(path.resolve()))
-        log.info("%s: no latent scale recorded (an older refsr folder or a diffusers LDM-SR folder): "
-                 "using scale 1 with quantised decoding", path)
-    return LatentSpec()
-
-
-def _read_scheduler(path: Path) -> dict:
-    from ..io import read_json
-
-    for name in ("scheduler/scheduler_config.json", "scheduler/config.json"):
-        if (path / name).is_file():
-            return {k: v for k, v in read_json(path / name).items() if not k.startswith("_")}
-    log.info("%s: no scheduler/ folder; using LDM-SR's schedule", path)
-    return dict(SCHEDULER_CONFIG)

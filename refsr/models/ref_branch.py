@@ -2,9 +2,9 @@
 
 Layout (DESIGN.md, section Model; departures in docs/architecture.md):
 
-* ``E_LR`` and ``E_Ref`` are copies of the U-Net's ``conv_in``, ``down_blocks`` and
-  ``mid_block`` with their own weights and no timestep input (every resnet's
-  ``time_emb_proj`` is removed, so ``temb=None`` passes through). Their input has the
+* ``E_LR`` and ``E_Ref`` are the U-Net's ``conv_in``, ``down_blocks`` and ``mid_block``
+  (built from the encoder part of its config) with their own weights and no timestep input
+  (no resnet has a ``time_emb_proj``, so ``temb=None`` passes through). Their input has the
   U-Net's layout: ``[VQ latent || image at latent size]`` (latent + 3 channels), so the
   copies can start from a pretrained U-Net's weights exactly.
 * Each encoder yields one feature map per resolution of the U-Net (resolution ``r`` is
@@ -27,7 +27,6 @@ per image (or tile). The query projection is linear in its concatenated input, s
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -75,11 +74,26 @@ class RefContext:
         return self.mask.any(dim=1)
 
 
-def _strip_timestep(module: nn.Module) -> None:
-    """Remove every resnet's timestep projection so the module runs with ``temb=None``."""
-    for sub in module.modules():
-        if hasattr(sub, "time_emb_proj"):
-            sub.time_emb_proj = None
+# The ``UNet2DModel`` keywords that its ``conv_in``, ``down_blocks`` and ``mid_block`` depend on:
+# all a reference branch stores of the U-Net it was built for (``RefBranch.encoder_config``).
+ENCODER_KEYS = ("in_channels", "block_out_channels", "down_block_types", "layers_per_block", "norm_num_groups",
+                "norm_eps", "act_fn", "attention_head_dim", "attn_norm_num_groups", "downsample_padding",
+                "downsample_type", "dropout", "add_attention", "mid_block_type", "mid_block_scale_factor",
+                "resnet_time_scale_shift")
+
+
+def encoder_config(unet_config) -> dict:
+    """The encoder part (:data:`ENCODER_KEYS`, JSON values) of a ``UNet2DModel`` config; keys
+    it does not have take ``UNet2DModel``'s defaults."""
+    import inspect
+    import json
+
+    from diffusers import UNet2DModel
+
+    defaults = {"mid_block_type": "UNetMidBlock2D",  # the block of versions without the keyword
+                **{k: p.default for k, p in inspect.signature(UNet2DModel.__init__).parameters.items()}}
+    cfg = {k: dict(unet_config).get(k, defaults[k]) for k in ENCODER_KEYS}
+    return json.loads(json.dumps(cfg, default=list))
 
 
 def level_resolutions(num_levels: int) -> list[int]:
@@ -95,14 +109,36 @@ def level_channels(channels: list[int]) -> list[int]:
 
 
 class UNetEncoder(nn.Module):
-    """A timestep-free copy of a U-Net's encoder: ``conv_in``, ``down_blocks``, ``mid_block``."""
+    """A U-Net's encoder without timestep input: ``conv_in``, ``down_blocks``, ``mid_block`` built
+    as ``UNet2DModel.__init__`` builds them from ``config`` (:func:`encoder_config`), except that
+    every resnet has no ``time_emb_proj`` (``temb_channels=None``), so it runs with ``temb=None``.
+    Its parameter names are the U-Net's, so a U-Net's encoder weights load into it."""
 
-    def __init__(self, unet: nn.Module):
+    def __init__(self, config: dict):
         super().__init__()
-        self.conv_in = copy.deepcopy(unet.conv_in)
-        self.down_blocks = copy.deepcopy(unet.down_blocks)
-        self.mid_block = copy.deepcopy(unet.mid_block)
-        _strip_timestep(self)
+        from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block
+
+        c = config
+        channels, head_dim = list(c["block_out_channels"]), c["attention_head_dim"]
+        self.conv_in = nn.Conv2d(c["in_channels"], channels[0], kernel_size=3, padding=(1, 1))
+        self.down_blocks = nn.ModuleList()
+        for i, block_type in enumerate(c["down_block_types"]):
+            self.down_blocks.append(get_down_block(
+                block_type, num_layers=c["layers_per_block"], in_channels=channels[max(i - 1, 0)],
+                out_channels=channels[i], temb_channels=None, add_downsample=i < len(channels) - 1,
+                resnet_eps=c["norm_eps"], resnet_act_fn=c["act_fn"], resnet_groups=c["norm_num_groups"],
+                attention_head_dim=head_dim if head_dim is not None else channels[i],
+                downsample_padding=c["downsample_padding"], resnet_time_scale_shift=c["resnet_time_scale_shift"],
+                downsample_type=c["downsample_type"], dropout=c["dropout"]))
+        self.mid_block = None
+        if c["mid_block_type"] is not None:
+            self.mid_block = UNetMidBlock2D(
+                in_channels=channels[-1], temb_channels=None, dropout=c["dropout"], resnet_eps=c["norm_eps"],
+                resnet_act_fn=c["act_fn"], output_scale_factor=c["mid_block_scale_factor"],
+                resnet_time_scale_shift=c["resnet_time_scale_shift"],
+                attention_head_dim=head_dim if head_dim is not None else channels[-1],
+                resnet_groups=c["norm_num_groups"], attn_groups=c["attn_norm_num_groups"],
+                add_attention=c["add_attention"])
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """(B, latent+3, h, w) -> {resolution index r: (B, C_r, h/2^r, w/2^r)}."""
@@ -217,29 +253,28 @@ class RefBranch(ModelMixin, ConfigMixin):
     """E_LR, E_Ref and the decoder cross-attention levels of ``ldm-ca``.
 
     Args:
-        unet_config (`dict`): the ``UNet2DModel`` config the branch is built for.
+        encoder_config (`dict`): the encoder part of the ``UNet2DModel`` config the branch is
+            built for (:func:`encoder_config`: the keywords ``conv_in``, the down blocks and the
+            mid block depend on).
         ca_levels (`list[int]`, defaults to ``[0, 1]``): decoder positions with
             cross-attention (0 = entering up block 0, at the lowest resolution; ``n`` =
             after the last up block).
         head_dim (`int`, defaults to 32): channels per attention head.
         aggregation (`str`, defaults to ``"mean"``): one of ``mean``, ``sum``, ``max``,
             ``joint`` (one softmax over all references' tokens: attention-weighted).
+
+    Folders written before the encoder config (their ``config.json`` holds the whole U-Net
+    config as ``unet_config``) load as well: :meth:`extract_init_dict` keeps its encoder part.
     """
 
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, unet_config: dict, ca_levels: list | None = None, head_dim: int = 32, aggregation: str = "mean"):
+    def __init__(self, encoder_config: dict, ca_levels: list | None = None, head_dim: int = 32, aggregation: str = "mean"):
         super().__init__()
-        from diffusers import UNet2DModel
-
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
-        unet = UNet2DModel(**{k: v for k, v in unet_config.items() if not k.startswith("_")})
-        self._build(unet, ca_levels, head_dim)
-
-    def _build(self, unet, ca_levels, head_dim) -> None:
-        channels = list(unet.config.block_out_channels)
+        channels = list(encoder_config["block_out_channels"])
         n = len(channels)
         levels = list(range(min(2, n))) if ca_levels is None else [int(i) for i in ca_levels]
         for i in levels:
@@ -247,15 +282,24 @@ class RefBranch(ModelMixin, ConfigMixin):
                 raise ValueError(f"ca_levels: position {i} does not exist (the U-Net has {n} up blocks: positions 0..{n})")
         self.levels = sorted(set(levels))
         self.resolution = {i: level_resolutions(n)[i] for i in self.levels}
-        self.e_lr = UNetEncoder(unet)
-        self.e_ref = UNetEncoder(unet)
-        groups = unet.config.norm_num_groups
+        self.e_lr = UNetEncoder(encoder_config)
+        self.e_ref = UNetEncoder(encoder_config)
+        groups = encoder_config["norm_num_groups"]
         self.attn = nn.ModuleDict(
             {
                 str(i): CrossAttentionLevel(level_channels(channels)[i], channels[self.resolution[i]], head_dim, groups)
                 for i in self.levels
             }
         )
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' ``extract_init_dict``, reading an old config's ``unet_config`` as its
+        encoder part."""
+        if "unet_config" in config_dict and "encoder_config" not in config_dict:
+            config_dict = dict(config_dict)
+            config_dict["encoder_config"] = encoder_config(config_dict.pop("unet_config"))
+        return super().extract_init_dict(config_dict, **kwargs)
 
     def init_from_unet(self, unet) -> None:
         """Copy the U-Net's encoder weights into E_LR and E_Ref (the time projections aside)."""
@@ -312,9 +356,6 @@ class RefBranch(ModelMixin, ConfigMixin):
 
 def branch_for(unet, **kwargs) -> RefBranch:
     """A reference branch for ``unet`` (its E_LR / E_Ref start from the U-Net's weights)."""
-    import json
-
-    config = json.loads(json.dumps({k: v for k, v in dict(unet.config).items() if not k.startswith("_")}, default=str))
-    branch = RefBranch(unet_config=config, **kwargs)
+    branch = RefBranch(encoder_config=encoder_config(unet.config), **kwargs)
     branch.init_from_unet(unet)
     return branch
