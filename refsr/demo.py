@@ -147,6 +147,14 @@ def draw_picture(path: Path, panels: list[tuple[str, np.ndarray]], fragments: li
     return io.write_image(path, compose_picture(panels, fragments).astype(np.float32) / 255.0)
 
 
+def demo_start_strength(model, requested: float | None = None) -> float:
+    """The demo's start strength: ``requested``, else the model's
+    ``recipe["recommended_start_strength"]``, else 1 (from pure noise, as ``refsr sample``)."""
+    if requested is not None:
+        return float(requested)
+    return float(getattr(model, "recipe", {}).get("recommended_start_strength", 1.0))
+
+
 def run_demo(
     out_dir: str | Path = "refsr-demo",
     model: str | None = None,
@@ -159,6 +167,7 @@ def run_demo(
     matcher: str | None = None,
     patch: int | None = None,
     color_fix: str = "wavelet",
+    start_strength: float | None = None,
 ) -> DemoResult:
     """Run degrade -> index-refs -> match -> sample (without and with references) -> evaluate.
 
@@ -171,6 +180,9 @@ def run_demo(
         patch: reference fragment size (default: the model's ``ref_size``).
         color_fix: ``wavelet`` (default), ``adain`` or ``none``: match the output's
             low-frequency colour to the upsampled input (as StableSR does).
+        start_strength: where the reverse process starts (see ``refsr sample
+            --start-strength``); ``None`` = the model's ``recipe.recommended_start_strength``
+            (0.3 for the shipped model), else 1.
 
     Returns:
         :class:`DemoResult` with the picture, the comparison report and the table.
@@ -196,7 +208,8 @@ def run_demo(
     matches = _match(manifest, out_dir / "refs.index", out_dir / "matches.jsonl",
                      matcher or "shipped", patch, top_refs, str(dev), notes)
 
-    settings = SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix)
+    start_strength = demo_start_strength(net, start_strength)
+    settings = SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix, start_strength=start_strength)
     restored = out_dir / "restored"
     bicubic_baseline(manifest, restored / "bicubic")
     # always redone (seconds): a rerun with other --steps/--color-fix shows its own result
@@ -215,7 +228,8 @@ def run_demo(
     loaded = [io.read_json(r) for r in reports]
     table = compare_reports(loaded, ["bicubic", "LDM (no refs)", "LDM+CA (refs)"])
     io.write_json(out_dir / "report.json", {"format": "refsr.demo/1", "model": str(model_path),
-                                            "steps": steps, "seed": seed, "color_fix": color_fix, "notes": notes,
+                                            "steps": steps, "seed": seed, "color_fix": color_fix,
+                                            "start_strength": start_strength, "notes": notes,
                                             "reports": dict(zip(names, loaded))})
 
     rec = io.read_pair_manifest(manifest)[0]

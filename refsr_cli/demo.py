@@ -22,9 +22,12 @@ from .common import StageCommand, device_option, report, seed_option, warn
               help="Patch matcher: shipped (default), imagenet, none or a folder from `refsr train matcher`.")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="wavelet", show_default=True,
               help="Match the restored images' low-frequency colour to the upsampled input (as StableSR).")
+@click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="Where the reverse process starts, as `refsr sample --start-strength` (default: the model's "
+              "recommended value, 0.3 for the shipped model; 1 = from pure noise).")
 @seed_option
 @device_option
-def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, seed, device):
+def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, seed, device):
     """Run the whole refsr chain on real photos that ship with scikit-image.
 
     Target: the left view of scikit-image's stereo motorcycle. References: its right view
@@ -47,7 +50,7 @@ def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, seed,
 
     result = run_demo(out_dir, model=model, crop=crop, steps=steps, seed=seed, device=device,
                       clip_pretrained=None if clip_pretrained == "none" else clip_pretrained, matcher=matcher,
-                      color_fix=color_fix)
+                      color_fix=color_fix, start_strength=start_strength)
     for note in result.notes:
         warn(note)
     report(result.table)

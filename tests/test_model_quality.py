@@ -375,3 +375,16 @@ def test_a_txt_list_of_images_is_training_data(tmp_path, astronaut, coffee, moto
     with pytest.raises(InputError, match=r"bad.txt: 1 listed image\(s\) do not exist \(first: .*nope.png\)"):
         image_paths(tmp_path / "lists" / "bad.txt")
     assert photos
+
+
+def test_demo_starts_where_the_model_recommends_unless_told():
+    from refsr.demo import demo_start_strength
+    from refsr.sample.loading import default_model_path
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm")
+    assert demo_start_strength(model) == 1.0
+    model.recipe = {"recommended_start_strength": 0.3}
+    assert demo_start_strength(model) == 0.3 and demo_start_strength(model, 0.7) == 0.7
+    shipped = RefSRModel.from_pretrained(default_model_path())
+    assert demo_start_strength(shipped) == 0.3 and not shipped.latent.decode_quantized
