@@ -731,6 +731,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def hub_checkpoint(url: str) -> Path:
+    """Where ``torch.hub`` caches the file of ``url``: ``<torch hub dir>/checkpoints/<name>``
+    (the one lookup of torchvision/torch-hub weights; nothing is ever downloaded)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
 def read_weights(path: str | os.PathLike, what: str | None = None, error: type[RefSRError] = InputError):
     """The one reader of a weights file: a safetensors file (a dict of tensors) or a
     weights-only torch checkpoint (``torch.load(weights_only=True)``: never unpickled,

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import BadWeightsError, MissingWeightsError
-from ..io import read_weights
+from ..io import hub_checkpoint, read_weights
 
 LPIPS_NETS = ("alex", "vgg")
 # torchvision ImageNet checkpoints the lpips trunks come from (torch hub cache names).
@@ -45,13 +45,6 @@ FID_MIN_IMAGES = 50
 # ---------------------------------------------------------------------------------------
 # Finding weights files
 # ---------------------------------------------------------------------------------------
-
-
-def hub_checkpoint(url: str) -> Path:
-    """Where ``torch.hub`` caches the file of ``url``: ``<torch hub dir>/checkpoints/<name>``."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
 def clip_cache_dir() -> Path:
@@ -277,8 +270,6 @@ def inception_features(model, images):
 
 def feature_statistics(features):
     """Mean (D,) and unbiased covariance (D, D) of (N, D) features, float64 (N >= 2)."""
-    import torch
-
     x = features.double()
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 feature vectors for a covariance, got {x.shape[0]}")

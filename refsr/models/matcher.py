@@ -20,7 +20,6 @@ Folders:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +205,9 @@ def _imagenet_state_dict(arch: str) -> dict:
     import torchvision
 
     weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    from ..io import hub_checkpoint
+
+    target = hub_checkpoint(weights.url)
     if not target.is_file():
         raise MissingWeightsError(
             f"ImageNet {arch} weights are not cached: {target} is missing ({weights.url}); copy that file there, "

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..constants import LR_SCHEDULES, MIXED_PRECISION
 from ..errors import InputError, OutputError
-from ..io import atomic_path, replace_dir, temp_dir_beside, write_json
+from ..io import replace_dir, temp_dir_beside, write_json
 from ..progress import is_quiet, progress
 from ..seeding import torch_generator_for
 
