@@ -685,3 +685,28 @@ def test_png_warnings_of_libpng_do_not_leak_to_stderr(tmp_path, capfd):
     assert capfd.readouterr().err == ""
     assert np.array_equal(warned.rgb, clean.rgb) and np.array_equal(warned.alpha, clean.alpha)
     assert clean.alpha is not None and clean.alpha[1, 1] == 1.0 and clean.alpha[0, 0] == 0.0
+
+
+def test_sample_plans_its_memory_and_refuses_what_cannot_fit(tmp_path, coffee, monkeypatch):
+    """Issue 17.3: an image whose full-size canvases cannot fit is refused before any sampling,
+    naming the sizes, the estimate, what is free and what to change; nothing is written."""
+    import cv2
+    from click.testing import CliRunner
+
+    from refsr.errors import InputError
+    from refsr.io import write_image
+    from refsr.sample import restore
+    from refsr.sample.core import SampleSettings
+
+    settings = SampleSettings(color_fix="wavelet")
+    need = restore.plan_memory("x.png", (100, 200), 4, None, settings, "cpu", available=lambda d: 10**12)
+    assert need == 400 * 800 * restore.BYTES_PER_OUTPUT_PIXEL["wavelet"]
+    with pytest.raises(InputError, match=r"x.png: restoring 200x100 at x4 \(800x400 px\) needs about 0.1 GiB of "
+                                         r"host memory and 0.0 GiB are free; .*--color-fix none"):
+        restore.plan_memory("x.png", (100, 200), 4, None, settings, "cpu", available=lambda d: 1000)
+    write_image(tmp_path / "lr.png", cv2.resize(coffee, (16, 16), interpolation=cv2.INTER_AREA))
+    monkeypatch.setattr(restore, "available_memory", lambda device: 1000)
+    result = CliRunner().invoke(cli, ["sample", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"),
+                                      "--device", "cpu", "--steps", "1"])
+    assert result.exit_code == 1 and "GiB are free" in result.output
+    assert not list((tmp_path / "out").glob("*.png"))
