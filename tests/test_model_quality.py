@@ -388,3 +388,13 @@ def test_demo_starts_where_the_model_recommends_unless_told():
     assert demo_start_strength(model) == 0.3 and demo_start_strength(model, 0.7) == 0.7
     shipped = RefSRModel.from_pretrained(default_model_path())
     assert demo_start_strength(shipped) == 0.3 and not shipped.latent.decode_quantized
+
+
+def test_without_held_out_images_the_export_decodes_as_the_decoder_was_trained(tmp_path, astronaut, coffee,
+                                                                              motorcycle_pair):
+    photos = _photos(tmp_path / "photos", astronaut, coffee, motorcycle_pair)
+    for decode in ("quantized", "continuous"):
+        stage = AutoencoderStage(photos, config=AE_CONFIG, lpips=False, holdout=0.0, decode=decode)
+        out = run_training(stage, _ae_opts(tmp_path / decode, steps=1))
+        assert not (tmp_path / decode / "eval.json").exists()
+        assert read_latent_spec(out / "vqvae").decode_quantized == (decode == "quantized")

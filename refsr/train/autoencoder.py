@@ -210,8 +210,8 @@ class AutoencoderStage(Stage):
         return self.final_eval
 
     def latent_spec(self, module, crops: int = 64, batch: int = 16) -> LatentSpec:
-        """Scale 1 / std of the latents of ``crops`` training crops; quantised decoding unless
-        the held-out evaluation found continuous decoding better."""
+        """Scale 1 / std of the latents of ``crops`` training crops; the decoding the held-out
+        evaluation found better, or without held-out images the one the decoder was trained on."""
         device = next(module.vqvae.parameters()).device
         items = (self.data[2 * 10**12 + j]["hr"] for j in range(crops))
         batches = (torch.stack([next(items) for _ in range(min(batch, crops - i))]).to(device) for i in range(0, crops, batch))
@@ -219,7 +219,7 @@ class AutoencoderStage(Stage):
         module.vqvae.eval()
         stats = latent_statistics(module.vqvae, batches)
         module.vqvae.train(was_training)
-        quantized = True
+        quantized = self.decode == "quantized"
         if self.final_eval is not None:
             quantized = self.final_eval["quantized"]["psnr"] >= self.final_eval["continuous"]["psnr"]
         return LatentSpec(scale=round(1.0 / max(stats["std"], 1e-6), 6), decode_quantized=quantized,
