@@ -13,11 +13,18 @@ without that file (older refsr folders, diffusers' LDM-SR) has scale 1, quantise
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+log = logging.getLogger("refsr.models")
+
+# The parts a decoder-only run (``refsr train autoencoder --decoder-only``) keeps frozen: the
+# latents, and any denoiser trained on them, stay valid.
+ENCODER_PARTS = ("encoder", "quant_conv", "quantize")
 
 
 def build_vqvae(config: dict):
@@ -75,6 +82,29 @@ def read_latent_spec(vq_folder) -> LatentSpec | None:
     if not spec.scale > 0:
         raise InputError(f"{path}: latent scale must be > 0, got {spec.scale}")
     return spec
+
+
+_SAID_SCALE_1: set[str] = set()
+
+
+def latent_spec_or_default(vq_folder, owner=None) -> LatentSpec:
+    """The :class:`LatentSpec` of ``vq_folder``, or scale 1 with quantised decoding for a folder
+    without one (an older refsr folder, diffusers' LDM-SR), said once per ``owner`` folder."""
+    spec = read_latent_spec(vq_folder)
+    if spec is not None:
+        return spec
+    key = str(Path(owner or vq_folder).resolve())
+    if key not in _SAID_SCALE_1:
+        _SAID_SCALE_1.add(key)
+        log.info("%s: no latent scale recorded (an older refsr folder or a diffusers LDM-SR folder): "
+                 "using scale 1 with quantised decoding", owner or vq_folder)
+    return LatentSpec()
+
+
+def reconstruct(vqvae, images: torch.Tensor, quantized: bool = True) -> torch.Tensor:
+    """Encode and decode (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) clamped to [-1, 1], decoding
+    through the codebook or, with ``quantized=False``, the continuous latent."""
+    return vqvae.decode(vqvae.encode(images).latents, force_not_quantize=not quantized).sample.clamp(-1, 1)
 
 
 def write_latent_spec(vq_folder, spec: LatentSpec) -> None:

@@ -26,7 +26,7 @@ from diffusers import DiffusionPipeline
 
 from ..constants import KINDS
 from ..errors import InputError
-from .autoencoder import LatentSpec, read_latent_spec
+from .autoencoder import LatentSpec, latent_spec_or_default
 
 log = logging.getLogger("refsr.models")
 
@@ -139,22 +139,12 @@ def _read_meta(path: Path) -> dict:
     return {"kind": "ldm", "scale": 4}  # a plain diffusers LDM-SR folder
 
 
-_SAID_SCALE_1: set[str] = set()
-
-
 def _latent_spec(path: Path, meta: dict) -> LatentSpec:
     """The latent settings of an older folder: ``refsr.json``, else ``vqvae/refsr_latent.json``,
     else scale 1 with quantised decoding (said once per folder)."""
     if "latent_scale" in meta:
         return LatentSpec(float(meta["latent_scale"]), bool(meta.get("decode_quantized", True)))
-    spec = read_latent_spec(path / "vqvae")
-    if spec is not None:
-        return spec
-    if str(path.resolve()) not in _SAID_SCALE_1:
-        _SAID_SCALE_1.add(str(path.resolve()))
-        log.info("%s: no latent scale recorded (an older refsr folder or a diffusers LDM-SR folder): "
-                 "using scale 1 with quantised decoding", path)
-    return LatentSpec()
+    return latent_spec_or_default(path / "vqvae", owner=path)
 
 
 def _read_scheduler(path: Path, default: dict):

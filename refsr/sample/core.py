@@ -235,7 +235,7 @@ def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSetting
 
     if canvas.tiles is None:
         return lambda x, t: predict(x, t, [0])
-    weights = blend_weights(canvas.tiles, canvas.latent[1], canvas.latent[2], _ramp(settings, canvas), device=canvas.lr.device)
+    weights = _latent_weights(canvas, settings)
 
     def eps_tiled(x, t):
         import torch
@@ -251,6 +251,11 @@ def _ramp(settings: SampleSettings, canvas: _Canvas) -> int:
     return max(1, round(settings.tile_overlap / canvas.lr_per_latent))
 
 
+def _latent_weights(canvas: _Canvas, settings: SampleSettings) -> list:
+    """Blending weights of the latent tiles (:func:`refsr.sample.tiling.blend_weights`)."""
+    return blend_weights(canvas.tiles, canvas.latent[1], canvas.latent[2], _ramp(settings, canvas), device=canvas.lr.device)
+
+
 def _encode_lr_up(model, canvas: _Canvas, settings: SampleSettings):
     """The latent of the bicubic-upsampled LR (for ``start_strength < 1``), tiled with the
     latent grid (blended in latent pixels) if tiled: (1, C, h, w) float32."""
@@ -258,7 +263,7 @@ def _encode_lr_up(model, canvas: _Canvas, settings: SampleSettings):
 
     if canvas.tiles is None:
         return model.encode(canvas.lr_up).float()
-    weights = blend_weights(canvas.tiles, canvas.latent[1], canvas.latent[2], _ramp(settings, canvas), device=canvas.lr.device)
+    weights = _latent_weights(canvas, settings)
     fn = lambda idx: model.encode(torch.cat([_lr_tile(canvas, canvas.tiles[k])[1] for k in idx]))  # noqa: E731
     return blend_tiles(fn, (1, *canvas.latent), canvas.tiles, weights, settings.batch_size, device=canvas.lr.device)
 

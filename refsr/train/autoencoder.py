@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.autoencoder import (LatentSpec, PatchDiscriminator, build_vqvae, hinge_d_loss, latent_statistics,
+from ..models.autoencoder import (ENCODER_PARTS, LatentSpec, PatchDiscriminator, build_vqvae, hinge_d_loss, latent_statistics,
                                   vq_downsampling, write_latent_spec)
 from ..constants import DECODE_MODES
 from ..io import image_to_tensor, read_rgb
@@ -175,8 +175,8 @@ class AutoencoderStage(Stage):
         else:
             self.vqvae = build_vqvae(self.cfg["vqvae"])
         if decoder_only:
-            for part in (self.vqvae.encoder, self.vqvae.quant_conv, self.vqvae.quantize):
-                part.requires_grad_(False)
+            for part in ENCODER_PARTS:
+                getattr(self.vqvae, part).requires_grad_(False)
         self.decode = decode
         self.use_lpips = lpips
         self.find_unused_parameters = self.cfg["train"]["disc_start"] >= 0

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..models.autoencoder import LatentSpec, read_latent_spec
+from ..models.autoencoder import LatentSpec, latent_spec_or_default
 from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config, upsample_lr
 from ..models.ref_branch import branch_for
 from .data import PairDataset
@@ -46,17 +46,6 @@ def load_vqvae(path):
         raise InputError(f"{folder}: not a loadable VQModel ({str(e).splitlines()[0][:120]})") from None
 
 
-def load_latent_spec(vqvae_dir) -> LatentSpec:
-    """The latent settings recorded with the VQ of ``vqvae_dir``; scale 1 (said once) if none."""
-    folder = resolve_vqvae_dir(vqvae_dir)
-    spec = read_latent_spec(folder)
-    if spec is None:
-        log.info("%s: no latent scale recorded (refsr_latent.json); training on unscaled latents "
-                 "with quantised decoding", folder)
-        return LatentSpec()
-    return spec
-
-
 def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_type: str | None = None) -> RefSRModel:
     """The model to train: from ``init_from`` (a diffusers LDM-SR or refsr folder: its unet/
     and vqvae/) or from ``config``, with the VQ of ``vqvae_dir`` if given (and its latent
@@ -79,7 +68,7 @@ def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_ty
             raise ValueError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
         sched = {**sched, "prediction_type": prediction_type}
     if vqvae_dir is not None:
-        vqvae, latent = load_vqvae(vqvae_dir), load_latent_spec(vqvae_dir)
+        vqvae, latent = load_vqvae(vqvae_dir), latent_spec_or_default(resolve_vqvae_dir(vqvae_dir))
         try:
             check_compatible(vqvae, unet, scale)
         except InputError as e:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from refsr import io
-from refsr.models.autoencoder import LatentSpec, read_latent_spec, vq_downsampling
+from refsr.models.autoencoder import latent_spec_or_default, reconstruct, vq_downsampling
 from refsr.train.diffusion import load_vqvae, resolve_vqvae_dir
 
 
@@ -31,15 +31,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     vq = load_vqvae(args.vqvae).to(args.device).eval()
-    spec = read_latent_spec(resolve_vqvae_dir(args.vqvae)) or LatentSpec()
+    spec = latent_spec_or_default(resolve_vqvae_dir(args.vqvae))
     f = vq_downsampling(vq)
     for rec in io.read_pair_manifest(args.manifest):
         hr = io.read_rgb(rec["hr_path"])
         h, w = hr.shape[0] // f * f, hr.shape[1] // f * f
-        x = torch.from_numpy(np.ascontiguousarray(hr[:h, :w].transpose(2, 0, 1)))[None].to(args.device) * 2 - 1
-        rec_x = vq.decode(vq.encode(x).latents, force_not_quantize=not spec.decode_quantized).sample
+        x = io.image_to_tensor(hr[:h, :w], (-1, 1), args.device, batch=True)
+        rec_x = reconstruct(vq, x, spec.decode_quantized)
         out = np.array(hr)  # rows/columns beyond a multiple of f stay as the ground truth
-        out[:h, :w] = rec_x.clamp(-1, 1).add(1).div(2)[0].permute(1, 2, 0).float().cpu().numpy()
+        out[:h, :w] = rec_x.add(1).div(2)[0].permute(1, 2, 0).float().cpu().numpy()
         io.write_image(args.out / f"{rec['id']}_sr.png", out)
     print(f"wrote {args.out} ({'quantised' if spec.decode_quantized else 'continuous'} decoding)")
 

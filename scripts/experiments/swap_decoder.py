@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from refsr.models import RefSRModel
-from refsr.models.autoencoder import LatentSpec, read_latent_spec
+from refsr.models.autoencoder import ENCODER_PARTS, LatentSpec, latent_spec_or_default
 from refsr.train.diffusion import load_vqvae, resolve_vqvae_dir
 
 
@@ -32,11 +32,11 @@ def main() -> None:
     model = RefSRModel.from_pretrained(args.model)
     vq = load_vqvae(args.vqvae).float()
     old, new = model.vqvae.state_dict(), vq.state_dict()
-    frozen = [k for k in old if k.startswith(("encoder.", "quant_conv.", "quantize."))]
+    frozen = [k for k in old if k.split(".")[0] in ENCODER_PARTS]
     changed = [k for k in frozen if not torch.allclose(old[k].float(), new[k].float(), atol=1e-3)]
     if changed:
         raise SystemExit(f"{args.vqvae}: its encoder differs from {args.model}'s ({changed[0]}...): not a decoder-only run")
-    spec = read_latent_spec(resolve_vqvae_dir(args.vqvae)) or LatentSpec()
+    spec = latent_spec_or_default(resolve_vqvae_dir(args.vqvae))
     model.vqvae = vq
     model.latent = LatentSpec(scale=model.latent.scale, decode_quantized=spec.decode_quantized,
                               stats={"decoder_from": str(args.vqvae)})
