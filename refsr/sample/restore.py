@@ -279,12 +279,6 @@ def _read_log(path: Path) -> _Log:
     return log
 
 
-def _read_run_log(path: Path) -> tuple[dict | None, dict[str, dict]]:
-    """``(settings, {output name: record})`` of a run log."""
-    log = _read_log(path)
-    return log.settings, log.images
-
-
 def _finished(logs: list[_Log]) -> list[_Log]:
     """The logs whose runs are over: ended, or superseded by a later-started ended run of the
     same shard or of the whole input (the run was killed and redone)."""
@@ -365,7 +359,9 @@ def check_run_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
     earlier = [read_json(path)] if path.is_file() else []
     for q in out_dir.glob(".run-*.jsonl"):
         with contextlib.suppress(FileNotFoundError):  # merged meanwhile: its settings are in run.json
-            earlier += [st for st in [_read_run_log(q)[0]] if st is not None]
+            logged = _read_log(q).settings
+            if logged is not None:
+                earlier.append(logged)
     for old in earlier:
         changed = _changed({k: v for k, v in old.items() if k not in ("images", "format")}, settings)
         if changed:
