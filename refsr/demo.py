@@ -147,14 +147,6 @@ def draw_picture(path: Path, panels: list[tuple[str, np.ndarray]], fragments: li
     return io.write_image(path, compose_picture(panels, fragments).astype(np.float32) / 255.0)
 
 
-def demo_start_strength(model, requested: float | None = None) -> float:
-    """The demo's start strength: ``requested``, else the model's
-    ``recipe["recommended_start_strength"]``, else 1 (from pure noise, as ``refsr sample``)."""
-    if requested is not None:
-        return float(requested)
-    return float(getattr(model, "recipe", {}).get("recommended_start_strength", 1.0))
-
-
 def run_demo(
     out_dir: str | Path = "refsr-demo",
     model: str | None = None,
@@ -190,7 +182,7 @@ def run_demo(
     from .degrade.pipeline import degrade_folder
     from .device import resolve_device
     from .metrics.report import compare_reports, evaluate, write_report
-    from .sample.core import SampleSettings
+    from .sample.core import SampleSettings, start_strength_for
     from .sample.loading import load_model
     from .sample.restore import sample_files
 
@@ -208,7 +200,7 @@ def run_demo(
     matches = _match(manifest, out_dir / "refs.index", out_dir / "matches.jsonl",
                      matcher or "shipped", patch, top_refs, str(dev), notes)
 
-    start_strength = demo_start_strength(net, start_strength)
+    start_strength = start_strength_for(net, start_strength)
     settings = SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix, start_strength=start_strength)
     restored = out_dir / "restored"
     bicubic_baseline(manifest, restored / "bicubic")

@@ -245,7 +245,8 @@ def autoencoder(**o):
 @click.option("--vqvae", type=click.Path(exists=True, path_type=Path), default=None,
               help="The frozen VQ autoencoder (an autoencoder run, a model folder or a VQModel folder).")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Start from a diffusers LDM-SR or refsr model folder (its unet/ and vqvae/).")
+              help="Start from a diffusers LDM-SR or refsr model folder (its unet/, vqvae/ and, for "
+                   "ldm-ca, its trained ref_branch/).")
 @click.option("--matches", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="matches.jsonl from `refsr match` (the references).")
 @click.option("--max-refs", type=click.IntRange(min=0), default=None, help="References per sample (default: config).")
@@ -259,6 +260,10 @@ def autoencoder(**o):
 @click.option("--min-snr-gamma", type=click.FloatRange(min=0), default=None,
               help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is their value), 0 = off (default: config, 0); "
               "recorded in the model's model_index.json.")
+@click.option("--max-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True,
+              help="Train only timesteps below S x T, for a model sampled with --start-strength <= S (from the "
+              "noised latent of the upsampled LR; fine-tuning spends every step where sampling starts); recorded "
+              "as recipe.max_strength, and `refsr sample` refuses a larger --start-strength.")
 @loop_options()
 def diffusion(**o):
     """Train the diffusion denoiser (kind ldm) or the denoiser with the reference branch
@@ -275,6 +280,8 @@ def diffusion(**o):
       accelerate launch --num_processes 8 -m refsr_cli train diffusion \\
           pairs/manifest.jsonl --matches matches.jsonl --init-from ldm-sr-4x/ \\
           --config paper --mixed-precision bf16 -o runs/paper
+      refsr train diffusion pairs/manifest.jsonl --matches matches.jsonl \\
+          --init-from runs/ldm-ca/model --max-strength 0.5 --steps 2000 -o runs/ldm-ca-ft
     """
     from refsr.models import load_config
     from refsr.train import run_training
@@ -289,7 +296,8 @@ def diffusion(**o):
     stage = DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
                            init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
                            ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
-                           prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"])
+                           prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
+                           max_strength=o["max_strength"])
     model = run_training(stage, opts)
     if is_main_process():
         report_trained("diffusion", opts, model)

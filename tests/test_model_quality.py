@@ -221,6 +221,35 @@ def test_v_prediction_and_min_snr_reach_the_loss_and_the_folder(tmp_path, pairs_
     assert sched["prediction_type"] == "v_prediction"
 
 
+def test_max_strength_trains_only_the_timesteps_sampling_starts_from(tmp_path, pairs_for_diffusion, monkeypatch):
+    """--max-strength S: every training timestep is below S x T, the folder records S (and a
+    recommended start strength no larger), and the validation sample starts from S too."""
+    from refsr.train import diffusion as diffusion_mod
+
+    manifest, matches, vq = pairs_for_diffusion
+    stage = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", vqvae=vq, max_strength=0.3)
+    module = stage.module()
+    assert module.max_timestep == 300 and diffusion_mod.max_timestep(1.0, 1000) == 1000
+    seen, forward = [], module.model.forward
+    monkeypatch.setattr(module.model, "forward", lambda x, t, *a, **k: seen.append(t.clone()) or forward(x, t, *a, **k))
+    batch = torch.utils.data.default_collate([stage.data[i] for i in range(2)])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        module(batch, g)
+    t = torch.cat(seen)
+    assert int(t.max()) < 300 and int(t.max()) > 200 and int(t.min()) < 100  # all of [0, 300), nothing above
+    starts = []
+    monkeypatch.setattr(diffusion_mod, "ddim_sample", lambda *a, **k: starts.append(a[-1]) or batch["hr"])
+    stage.validate(module, batch, tmp_path / "grid.png")
+    assert starts == [0.3]
+    monkeypatch.undo()
+    run_training(stage, _ae_opts(tmp_path / "ldm", steps=1))
+    recipe = read_json(tmp_path / "ldm" / "model" / "model_index.json")["recipe"]
+    assert recipe["max_strength"] == 0.3 and recipe["recommended_start_strength"] == 0.3
+    with pytest.raises(ValueError, match="max strength must be in"):
+        diffusion_mod.max_timestep(0.0, 1000)
+
+
 @pytest.fixture
 def pairs_for_diffusion(tmp_path, astronaut, coffee, motorcycle_pair):
     from test_train import make_pairs
@@ -377,17 +406,41 @@ def test_a_txt_list_of_images_is_training_data(tmp_path, astronaut, coffee, moto
     assert photos
 
 
-def test_demo_starts_where_the_model_recommends_unless_told():
-    from refsr.demo import demo_start_strength
+def test_sampling_starts_where_the_model_recommends_unless_told():
+    from refsr.sample import start_strength_for
     from refsr.sample.loading import default_model_path
 
     torch.manual_seed(0)
     model = RefSRModel.from_config(MICRO, kind="ldm")
-    assert demo_start_strength(model) == 1.0
+    assert start_strength_for(model) == 1.0
     model.recipe = {"recommended_start_strength": 0.3}
-    assert demo_start_strength(model) == 0.3 and demo_start_strength(model, 0.7) == 0.7
+    assert start_strength_for(model) == 0.3 and start_strength_for(model, 0.7) == 0.7
     shipped = RefSRModel.from_pretrained(default_model_path())
-    assert demo_start_strength(shipped) == 0.3 and not shipped.latent.decode_quantized
+    assert start_strength_for(shipped) == shipped.recipe["recommended_start_strength"] < 1
+    assert not shipped.latent.decode_quantized
+
+
+def test_a_start_strength_above_what_the_model_was_trained_for_is_refused(tmp_path, coffee):
+    """A model trained only on timesteps below max_strength x T (train --max-strength) cannot
+    start from noisier latents: sample refuses with a one-line error naming the limit."""
+    from refsr.sample import start_strength_for
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm").eval()
+    model.recipe = {"max_strength": 0.5, "recommended_start_strength": 0.3}
+    assert start_strength_for(model, 0.5) == 0.5
+    with pytest.raises(InputError, match=r"start strength 0.8 is above 0.5.*--start-strength <= 0.5"):
+        start_strength_for(model, 0.8)
+    model.save_pretrained(tmp_path / "m")
+    lr = tmp_path / "lr.png"
+    write_image(lr, coffee[:32, :32])
+    r = CliRunner().invoke(cli, ["sample", str(lr), "--model", str(tmp_path / "m"), "--steps", "2",
+                                  "--start-strength", "0.8", "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 1 and "is above 0.5" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(cli, ["sample", str(lr), "--model", str(tmp_path / "m"), "--steps", "2",
+                                  "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["start_strength"] == 0.3  # the model's value
 
 
 def test_without_held_out_images_the_export_decodes_as_the_decoder_was_trained(tmp_path, astronaut, coffee,

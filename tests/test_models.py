@@ -359,6 +359,26 @@ def test_init_from_a_diffusers_ldm_sr_folder(tmp_path):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)  # same weights, reloaded
 
 
+def test_init_from_a_refsr_ldm_ca_folder_keeps_its_trained_reference_branch(tmp_path):
+    """Fine-tuning a shipped ldm-ca model continues its reference branch (a fresh branch would
+    start again from the U-Net's encoder and throw the trained cross-attention away)."""
+    from refsr.train.diffusion import build_model
+
+    torch.manual_seed(0)
+    trained = RefSRModel.from_config(MICRO, kind="ldm-ca")
+    with torch.no_grad():
+        for p in trained.ref_branch.parameters():
+            p.add_(torch.randn_like(p))  # unlike anything branch_for() would make
+    trained.recipe = {"recommended_start_strength": 0.3}
+    trained.save_pretrained(tmp_path / "m")
+
+    model = build_model(MICRO, "ldm-ca", init_from=tmp_path / "m")
+    stored, state = trained.ref_branch.state_dict(), model.ref_branch.state_dict()
+    assert stored.keys() == state.keys() and all(torch.equal(stored[k], state[k]) for k in stored)
+    assert model.recipe == {"init_from": str(tmp_path / "m"), "base_recipe": {"recommended_start_strength": 0.3}}
+    assert build_model(MICRO, "ldm", init_from=tmp_path / "m").ref_branch is None
+
+
 def test_missing_part_of_a_model_folder_is_named(tmp_path):
     (tmp_path / "m" / "vqvae").mkdir(parents=True)
     (tmp_path / "m" / "vqvae" / "config.json").write_text("{}")

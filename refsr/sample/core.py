@@ -33,7 +33,8 @@ class SampleSettings:
     tiles. ``batch_size`` is the number of tiles per U-Net / decoder call.
     ``cache_context=False`` recomputes the LR/reference contexts at every step (tests).
     ``start_strength`` in (0, 1]: 1 = from pure noise; S < 1 = from timestep about S x T,
-    starting from the noised latent of the bicubic-upsampled LR."""
+    starting from the noised latent of the bicubic-upsampled LR; None = the model's
+    recommended value (see :func:`start_strength_for`)."""
 
     sampler: str = "ddim"
     steps: int = 50
@@ -43,7 +44,7 @@ class SampleSettings:
     batch_size: int = 1
     precision: str = "fp32"
     color_fix: str = "none"
-    start_strength: float = 1.0
+    start_strength: float | None = None
     cache_context: bool = True
 
     def check(self) -> None:
@@ -56,10 +57,35 @@ class SampleSettings:
             raise ValueError(f"unknown color fix {self.color_fix!r}; expected one of {', '.join(COLOR_FIXES)}")
         if self.steps < 1 or self.batch_size < 1 or self.tile < 0 or self.tile_overlap < 0:
             raise ValueError("steps and batch size must be >= 1, tile and tile overlap >= 0")
-        if not 0.0 < self.start_strength <= 1.0:
+        if self.start_strength is not None and not 0.0 < self.start_strength <= 1.0:
             raise ValueError(f"start strength must be in (0, 1], got {self.start_strength}")
         if self.tile and self.tile_overlap >= self.tile:
             raise ValueError(f"tile overlap {self.tile_overlap} must be smaller than the tile {self.tile}")
+
+
+def start_strength_for(model, requested: float | None = None) -> float:
+    """Where the reverse process starts for ``model``: ``requested``, else the model's
+    ``recipe["recommended_start_strength"]``, else 1 (from pure noise).
+
+    Raises:
+        InputError: ``requested`` above the model's ``recipe["max_strength"]`` (a model trained
+            only on timesteps below max_strength x T cannot start from noisier latents).
+    """
+    from ..errors import InputError
+
+    recipe = getattr(model, "recipe", None) or {}
+    strength = float(recipe.get("recommended_start_strength", 1.0) if requested is None else requested)
+    limit = float(recipe.get("max_strength", 1.0))
+    if strength > limit + 1e-9:
+        raise InputError(f"start strength {strength:g} is above {limit:g}, the most this model was trained for "
+                         f"(recipe.max_strength: timesteps below {limit:g} x T only); use --start-strength <= {limit:g}")
+    return strength
+
+
+def resolve_settings(model, settings: SampleSettings) -> SampleSettings:
+    """``settings`` checked, with the start strength resolved for ``model`` (:func:`start_strength_for`)."""
+    settings.check()
+    return dataclasses.replace(settings, start_strength=start_strength_for(model, settings.start_strength))
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,8 +336,7 @@ def restore_tensor(
     """
     import torch
 
-    settings = settings or SampleSettings()
-    settings.check()
+    settings = resolve_settings(model, settings or SampleSettings())
     device = next(model.parameters()).device
     if refs is not None and ref_mask is None:
         ref_mask = torch.ones(refs.shape[:2], dtype=torch.bool, device=device)

@@ -26,7 +26,7 @@ from ..errors import InputError, RefSRError
 from ..io import (Image, image_to_tensor, list_images, parse_shard, read_image, read_json, read_pair_manifest,
                   safe_name, select_shard, write_json, write_like)
 from ..progress import progress
-from .core import SampleSettings, restore_tensor
+from .core import SampleSettings, resolve_settings, restore_tensor
 from .references import Fragment, MatchTable, load_global_refs, load_match_refs
 
 log = logging.getLogger(__name__)
@@ -483,6 +483,7 @@ def sample_files(
         model_name = str(model_path)
     else:
         model, model_name = model.to(device).eval(), getattr(model, "name_or_path", type(model).__name__)
+    settings = resolve_settings(model, settings)  # run.json records the start strength used
     chooser = _References(model, refs, matches, max_refs, summary.warnings)
     extra = {"outscale": outscale, "suffix": suffix, "refs": [str(r) for r in refs],
              "matches": str(matches) if matches else None}

@@ -21,6 +21,7 @@ from ..models.autoencoder import LatentSpec, latent_spec_or_default
 from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config, upsample_lr
 from ..models.ref_branch import branch_for
 from .data import PairDataset
+from ..sample.core import start_strength_for
 from .loop import Stage, save_grid
 
 log = logging.getLogger("refsr.train")
@@ -47,18 +48,19 @@ def load_vqvae(path):
 
 
 def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_type: str | None = None) -> RefSRModel:
-    """The model to train: from ``init_from`` (a diffusers LDM-SR or refsr folder: its unet/
-    and vqvae/) or from ``config``, with the VQ of ``vqvae_dir`` if given (and its latent
-    settings). ``prediction_type`` overrides the config's (or the initial model's).
+    """The model to train: from ``init_from`` (a diffusers LDM-SR or refsr folder: its unet/,
+    vqvae/ and, for ``ldm-ca``, its trained ref_branch/ when it has one) or from ``config``,
+    with the VQ of ``vqvae_dir`` if given (and its latent settings). ``prediction_type`` overrides the config's (or the initial model's).
 
     Raises:
         InputError: a VQ whose latent size or factor does not fit the U-Net.
         ValueError: an unknown prediction type.
     """
     cfg = load_config(config)
+    branch = None
     if init_from is not None:
         base = RefSRModel.from_pretrained(init_from)
-        vqvae, unet, latent = base.vqvae, base.unet, base.latent
+        vqvae, unet, latent, branch = base.vqvae, base.unet, base.latent, base.ref_branch
         sched, scale = base.scheduler_config, base.scale
     else:
         base = RefSRModel.from_config(cfg, kind="ldm")
@@ -73,10 +75,14 @@ def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_ty
             check_compatible(vqvae, unet, scale)
         except InputError as e:
             raise InputError(f"{resolve_vqvae_dir(vqvae_dir)}: {e}") from None
-    branch = None
-    if kind == "ldm-ca":
+    if kind != "ldm-ca":
+        branch = None
+    elif branch is None:  # a new branch starts from the U-Net's encoder; a trained one is kept
         branch = branch_for(unet, **cfg["ref_branch"])
-    return RefSRModel(vqvae, unet, branch, sched, kind, scale, cfg["patch_size"], cfg["ref_size"], cfg["max_refs"], latent)
+    model = RefSRModel(vqvae, unet, branch, sched, kind, scale, cfg["patch_size"], cfg["ref_size"], cfg["max_refs"], latent)
+    if init_from is not None:  # a fine-tuned model says what it started from (and how that was made)
+        model.recipe = {"init_from": str(init_from), **({"base_recipe": dict(base.recipe)} if base.recipe else {})}
+    return model
 
 
 def diffusion_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -99,15 +105,26 @@ def min_snr_weight(prediction_type: str, alpha_bar: torch.Tensor, gamma: float) 
     return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
 
 
+def max_timestep(max_strength: float, num_train_timesteps: int) -> int:
+    """The number of training timesteps drawn from, ``[0, result)``: ``max_strength x T``
+    rounded, at least 1. Sampling with ``--start-strength S`` begins at the timestep DDIM
+    places near ``S x T`` (``samplers.start_timesteps``), so S <= max_strength stays inside."""
+    if not 0.0 < max_strength <= 1.0:
+        raise ValueError(f"max strength must be in (0, 1], got {max_strength}")
+    return max(1, min(num_train_timesteps, round(max_strength * num_train_timesteps)))
+
+
 class DiffusionModule(nn.Module):
     """A RefSRModel with its frozen VQ and the denoising loss: ``forward(batch, generator)``.
 
     Batch: ``hr`` (B, 3, P, P), ``lr`` (B, 3, P/s, P/s) in [-1, 1] (or ``degrade_key``
     when LR is degraded on the fly), ``refs`` (B, N, 3, S, S), ``ref_mask`` (B, N) bool.
-    ``min_snr_gamma`` > 0 weights the loss per timestep (min-SNR-gamma).
+    ``min_snr_gamma`` > 0 weights the loss per timestep (min-SNR-gamma); ``max_strength`` < 1
+    draws timesteps below ``max_strength x T`` only (for models sampled with
+    ``--start-strength <= max_strength``).
     """
 
-    def __init__(self, model: RefSRModel, degrade=None, min_snr_gamma: float = 0.0):
+    def __init__(self, model: RefSRModel, degrade=None, min_snr_gamma: float = 0.0, max_strength: float = 1.0):
         super().__init__()
         from diffusers import DDPMScheduler
 
@@ -115,6 +132,7 @@ class DiffusionModule(nn.Module):
         model.vqvae.requires_grad_(False).eval()
         sched = DDPMScheduler(**_scheduler_kwargs(model.scheduler_config))
         self.register_buffer("alphas_cumprod", sched.alphas_cumprod.float().clone(), persistent=False)
+        self.max_timestep = max_timestep(max_strength, sched.config.num_train_timesteps)
         self.degrade = degrade
 
     def train(self, mode: bool = True):
@@ -129,7 +147,7 @@ class DiffusionModule(nn.Module):
         with torch.no_grad():
             z0 = self.model.encode(hr)
         b = z0.shape[0]
-        t = torch.randint(0, self.alphas_cumprod.shape[0], (b,), generator=generator, device=z0.device)
+        t = torch.randint(0, self.max_timestep, (b,), generator=generator, device=z0.device)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
         a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(z0.dtype)
         noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
@@ -174,13 +192,19 @@ class DiffusionStage(Stage):
     def __init__(self, data, config="small", kind="ldm-ca", vqvae=None, matches=None, init_from=None,
                  seed: int = 0, max_refs: int | None = None, ref_dropout: float | None = None,
                  degrade_on_the_fly: bool = False, validation_steps: int = 20,
-                 prediction_type: str | None = None, min_snr_gamma: float | None = None):
+                 prediction_type: str | None = None, min_snr_gamma: float | None = None,
+                 max_strength: float = 1.0):
         cfg = load_config(config)
         self.seed, self.validation_steps = seed, validation_steps
         self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
         torch.manual_seed(seed)
         self.model = build_model(cfg, kind, vqvae, init_from, prediction_type)
         self.model.recipe = {**self.model.recipe, "min_snr_gamma": self.min_snr_gamma}
+        self.max_strength = float(max_strength)
+        if self.max_strength < 1.0:  # sampling must not start above it (refsr.sample.start_strength_for)
+            self.model.recipe.update(max_strength=self.max_strength,
+                                     recommended_start_strength=min(self.max_strength,
+                                                                    self.model.recipe.get("recommended_start_strength", 1.0)))
         n_refs = cfg["max_refs"] if max_refs is None else max_refs
         dropout = cfg["train"]["ref_dropout"] if ref_dropout is None else ref_dropout
         if kind == "ldm-ca" and matches is None:
@@ -195,7 +219,7 @@ class DiffusionStage(Stage):
         return self.data
 
     def module(self):
-        return DiffusionModule(self.model, self.degrade, self.min_snr_gamma)
+        return DiffusionModule(self.model, self.degrade, self.min_snr_gamma, self.max_strength)
 
     def validate(self, module, batch, path: Path) -> None:
         """LR (upsampled) | DDIM sample | HR for the validation batch."""
@@ -203,7 +227,8 @@ class DiffusionStage(Stage):
         if lr is None:
             hr, lr = module.degrade(hr, batch["degrade_key"])
         lr_ctx, ref_ctx = module.contexts(lr, batch.get("refs"), batch.get("ref_mask"))
-        sample = ddim_sample(module.model, lr, lr_ctx, ref_ctx, self.validation_steps, self.seed)
+        sample = ddim_sample(module.model, lr, lr_ctx, ref_ctx, self.validation_steps, self.seed,
+                             start_strength_for(module.model))
         save_grid([upsample_lr(lr, size=hr.shape[-2:]), sample, hr], path)
 
     def export(self, module, folder: Path) -> None:
@@ -211,9 +236,9 @@ class DiffusionStage(Stage):
 
 
 @torch.no_grad()
-def ddim_sample(model: RefSRModel, lr, lr_ctx, ref_ctx, steps: int, seed: int) -> torch.Tensor:
-    """A DDIM sample (eta 0) for validation images, with ``refsr sample``'s denoising loop:
-    (B, 3, 4h, 4w) in [-1, 1]."""
+def ddim_sample(model: RefSRModel, lr, lr_ctx, ref_ctx, steps: int, seed: int, strength: float = 1.0) -> torch.Tensor:
+    """A DDIM sample (eta 0) for validation images, with ``refsr sample``'s denoising loop,
+    from ``strength`` (see ``refsr sample --start-strength``): (B, 3, 4h, 4w) in [-1, 1]."""
     from ..sample.samplers import denoise, make_scheduler
     from ..seeding import torch_generator_for
 
@@ -221,5 +246,7 @@ def ddim_sample(model: RefSRModel, lr, lr_ctx, ref_ctx, steps: int, seed: int) -
     gen = torch_generator_for(seed, "validation", device=lr.device)
     z = torch.randn((lr.shape[0], c, *lr.shape[-2:]), generator=gen, device=lr.device, dtype=lr.dtype)
     predict = lambda x, t: model(x, t.expand(lr.shape[0]), lr, lr_ctx, ref_ctx)  # noqa: E731
-    z = denoise(predict, z, make_scheduler("ddim", model.scheduler_config), steps, disable=True)
+    init = model.encode(upsample_lr(lr, model.scale)) if strength < 1.0 else None
+    z = denoise(predict, z, make_scheduler("ddim", model.scheduler_config), steps, disable=True,
+                init_latents=init, strength=strength)
     return model.decode(z)
