@@ -113,6 +113,25 @@ def test_lr_contexts_over_the_cache_budget_are_recomputed_with_the_same_result(c
     assert calls["lr"] - tiles == 1 + 2 * (tiles - 1)  # tile 0 once, the others at both steps
 
 
+def test_shared_refs_are_encoded_once_per_run_with_the_same_outputs(ca_model, coffee, astronaut, tmp_path, monkeypatch):
+    """--refs given to every input: encoded once for the run, not once per image, and every
+    output has the bytes of a run that restores that image alone."""
+    for name, photo in (("a", coffee), ("b", astronaut), ("c", np.ascontiguousarray(coffee[::-1]))):
+        write_image(tmp_path / "lr" / f"{name}.png", _lr(photo, 24, 16))
+    write_image(tmp_path / "refs" / "r1.png", _lr(astronaut, 64, 64))
+    write_image(tmp_path / "refs" / "r2.png", _lr(coffee, 80, 64))
+    calls, original = [], ca_model.encode_references
+    monkeypatch.setattr(ca_model, "encode_references", lambda *a, **k: calls.append(1) or original(*a, **k))
+    sample_files([tmp_path / "lr"], tmp_path / "all", model=ca_model, refs=[tmp_path / "refs"], settings=FAST, device="cpu")
+    assert len(calls) == 1
+    for name in "abc":
+        sample_files([tmp_path / "lr" / f"{name}.png"], tmp_path / name, model=ca_model, refs=[tmp_path / "refs"],
+                     settings=FAST, device="cpu")
+        alone, shared = read_image(tmp_path / name / f"{name}_sr.png"), read_image(tmp_path / "all" / f"{name}_sr.png")
+        assert np.array_equal(alone.rgb, shared.rgb)
+    assert len(calls) == 4  # one per run
+
+
 def _border_vs_inside(image, borders):
     """Mean |horizontal gradient| at the given column boundaries and at all others."""
     dx = (image[0, :, :, 1:] - image[0, :, :, :-1]).abs().mean(dim=(0, 1))

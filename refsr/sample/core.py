@@ -240,15 +240,18 @@ def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings) -> Callable
     return lambda k: contexts[k] if k in contexts else model.encode_lr(inputs=inputs[k])
 
 
-def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSettings):
+def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSettings, ref_context=None):
     """Steps 2-3: contexts and ``eps_fn(x, t)``. The reference keys/values are computed once
-    per image, the LR contexts once per tile (see :func:`_lr_context_fn`); with
-    ``cache_context`` off, both at every step."""
-    use_refs = getattr(model, "kind", "ldm") == "ldm-ca" and refs is not None and bool(ref_mask.any())
+    per image (or given: ``ref_context``), the LR contexts once per tile (see
+    :func:`_lr_context_fn`); with ``cache_context`` off, both at every step."""
+    has_refs = ref_context is not None or (refs is not None and bool(ref_mask.any()))
+    use_refs = getattr(model, "kind", "ldm") == "ldm-ca" and has_refs
     tiles = canvas.tiles or [None]
     if use_refs:
         lr_context = _lr_context_fn(model, canvas, settings)
-        ref_cached = model.encode_references(refs, ref_mask) if settings.cache_context else None
+        ref_cached = ref_context
+        if ref_cached is None and settings.cache_context:
+            ref_cached = model.encode_references(refs, ref_mask)
 
     def predict(x, t, idx):
         n = len(idx)
@@ -307,6 +310,21 @@ def _decode(model, x, canvas: _Canvas, settings: SampleSettings):
     return blend_tiles(fn, (x.shape[0], 3, h, w), hr_tiles, weights, settings.batch_size, device=x.device)
 
 
+def encode_references(model, refs, ref_mask=None, settings: SampleSettings | None = None):
+    """``refs`` (1, R, 3, S, S) in [-1, 1] encoded for ``model`` as :func:`restore_tensor` does
+    (no grad, the settings' precision): the per-level keys/values that ``restore_tensor(...,
+    ref_context=...)`` takes, so images sharing their references (``refsr sample --refs``)
+    encode them once. None for a model without a reference branch."""
+    import torch
+
+    settings = settings or SampleSettings()
+    device = next(model.parameters()).device
+    if getattr(model, "kind", "ldm") != "ldm-ca":
+        return None
+    with torch.no_grad(), autocast_for(device, settings.precision):
+        return model.encode_references(refs, ref_mask)
+
+
 def restore_tensor(
     model,
     lr,
@@ -317,6 +335,7 @@ def restore_tensor(
     callback: Callable | None = None,
     disable: bool | None = None,
     force_tiles: bool = False,
+    ref_context=None,
 ):
     """Super-resolve one LR image with ``model`` (a ``RefSRModel``).
 
@@ -330,6 +349,9 @@ def restore_tensor(
             tile's noise depends on its position only; the stochastic samplers draw from it too.
         callback, disable: see :func:`refsr.sample.samplers.denoise`.
         force_tiles (`bool`): take the tiled path even for an image that fits one tile.
+        ref_context (*optional*): the references already encoded by :func:`encode_references`
+            (then ``refs`` is not used): many images restored with the same references
+            encode them once.
 
     Returns:
         `torch.Tensor`: (1, 3, H*scale, W*scale) float32 in [-1, 1].
@@ -347,7 +369,7 @@ def restore_tensor(
         noise = torch.randn((1, *canvas.latent), generator=generator, device=gen_device, dtype=torch.float32).to(device)
         init = _encode_lr_up(model, canvas, settings) if settings.start_strength < 1.0 else None
         # 3. contexts and noise prediction; 4. the sampler's loop
-        eps_fn = _make_eps_fn(model, canvas, refs, ref_mask, settings)
+        eps_fn = _make_eps_fn(model, canvas, refs, ref_mask, settings, ref_context)
         scheduler = make_scheduler(settings.sampler, model.scheduler_config)
         x = denoise(eps_fn, noise, scheduler, settings.steps, settings.eta, generator, callback, disable,
                     init_latents=init, strength=settings.start_strength)

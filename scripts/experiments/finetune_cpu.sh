@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Fine-tune the shipped ldm-ca denoiser on the CPU (docs/results.md, run 4): the sessions that
+# had no GPU improve the default model where sampling happens (start strength < 1).
+#
+#   scripts/experiments/finetune_cpu.sh STAGE...     (or STAGES="..." in the environment)
+#
+# Stages (each resumes or skips what is done):
+#   data    Real-ESRGAN x4 pairs (224 px crops) of the packed training and validation photos
+#           (PACK from `scripts/train_default_model.sh pack`), an index of the training photos
+#           (random-weight OpenCLIP, offline) and the references of every pair (shipped matcher,
+#           same folder = same species). About 12 minutes on 2 cores.
+#   train   `refsr train diffusion --init-from MODEL --max-strength MAX_STRENGTH` for MINUTES
+#           (wall-clock cap) with min-SNR 5, epsilon prediction (the shipped model's).
+#   val     the validation birds at start strengths VAL_STRENGTHS (wavelet colour fix): chooses the
+#           recommended start strength on photos that are neither training nor test.
+#   test    the test birds (TEST manifest, 70 images, one per species) with and without references
+#           at START_STRENGTH, then PSNR/SSIM/NIQE; tables in WORK/eval.
+# Knobs: PACK [gpu_data] WORK [work/ft] MODEL [refsr/weights/default] MINUTES [75]
+#   MAX_STRENGTH [0.5] LR [1e-4] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
+#   VAL_STRENGTHS ["0.2 0.3 0.5"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
+#   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
+set -euo pipefail
+STAGES=${STAGES:-${*:-data train val test}}
+PACK=${PACK:-gpu_data}; WORK=${WORK:-work/ft}; MODEL=${MODEL:-refsr/weights/default}
+MINUTES=${MINUTES:-75}; MAX_STRENGTH=${MAX_STRENGTH:-0.5}; LR=${LR:-1e-4}; BATCH=${BATCH:-8}; STEPS=${STEPS:-100000}
+EMA=${EMA:-0.995}; SEED=${SEED:-0}; VAL_STRENGTHS=${VAL_STRENGTHS:-0.2 0.3 0.5}; START_STRENGTH=${START_STRENGTH:-0.3}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}
+TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
+list() { sed "s|^|$PACK/split/|" "$PACK/split/$1.txt"; }
+mkdir -p "$WORK/eval"
+RUN="$WORK/runs/ldm-ca-ft"
+
+if has data; then
+  stamp "data: pairs, index, matches"
+  for split in train val; do
+    refsr -q degrade $(list $split) -o "$WORK/pairs_$split" --crop 224 --seed "$SEED"
+  done
+  refsr -q index-refs $(list train) --index "$WORK/refs.index" \
+      --clip-model scripts/experiments/clip_small_random.json --pretrained none --device cpu
+  for split in train val; do
+    query=lr; [ "$split" = train ] && query=hr   # training queries are HR crops, the others the LR
+    [ -s "$WORK/matches_$split.jsonl" ] && continue
+    refsr -q match "$WORK/pairs_$split/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/matches_$split.jsonl" \
+        --query "$query" --group-by parent --top-images 10 --top-refs 10 --window 224 --stride 112 \
+        --matcher shipped --device cpu
+  done
+fi
+
+if has train; then
+  stamp "train: from $MODEL, timesteps below $MAX_STRENGTH x T, $MINUTES min"
+  refsr train diffusion "$WORK/pairs_train/manifest.jsonl" --matches "$WORK/matches_train.jsonl" \
+      --init-from "$MODEL" --kind ldm-ca --config small --max-strength "$MAX_STRENGTH" --min-snr-gamma 5 \
+      --lr "$LR" --warmup 50 --lr-schedule constant --ema-decay "$EMA" --batch-size "$BATCH" --steps "$STEPS" \
+      --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 --log-every 25 --seed "$SEED" \
+      --device cpu --resume -o "$RUN" 2>&1 | tee "$WORK/train.log" | tail -n 3
+fi
+
+evaluate() {  # NAME PRED MANIFEST
+  refsr -q evaluate --pred "$2" --gt "$3" --metrics psnr,ssim,niqe -o "$WORK/eval/report_$1.json" \
+      --device cpu | tee "$WORK/eval/eval_$1.txt" | head -n 4
+}
+sample() { refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix wavelet --device cpu "$@"; }
+if has val; then
+  for s in $VAL_STRENGTHS; do
+    for name in base ft; do
+      model=$MODEL; [ $name = ft ] && model=$RUN/model
+      sample --model "$model" "$WORK/pairs_val/manifest.jsonl" --matches "$WORK/matches_val.jsonl" \
+          --start-strength "$s" -o "$WORK/restored/val_${name}_s$s"
+      stamp "val $name start $s"; evaluate "val_${name}_s$s" "$WORK/restored/val_${name}_s$s" "$WORK/pairs_val/manifest.jsonl"
+    done
+  done
+fi
+
+if has test; then
+  s=$START_STRENGTH
+  sample --model "$RUN/model" "$TEST" --matches "$TEST_MATCHES" --start-strength "$s" -o "$WORK/restored/test_ft_s$s"
+  sample --model "$RUN/model" "$TEST" --start-strength "$s" -o "$WORK/restored/test_ft_s${s}_norefs"
+  for name in "test_ft_s$s" "test_ft_s${s}_norefs"; do
+    stamp "$name"; evaluate "$name" "$WORK/restored/$name" "$TEST"
+  done
+fi
