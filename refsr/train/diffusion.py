@@ -20,8 +20,8 @@ from ..errors import InputError
 from ..models.autoencoder import LatentSpec, latent_spec_or_default
 from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config, upsample_lr
 from ..models.ref_branch import branch_for
-from .data import PairDataset
 from ..sample.core import start_strength_for
+from .data import PairDataset
 from .loop import Stage, save_grid
 
 log = logging.getLogger("refsr.train")
@@ -50,7 +50,8 @@ def load_vqvae(path):
 def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_type: str | None = None) -> RefSRModel:
     """The model to train: from ``init_from`` (a diffusers LDM-SR or refsr folder: its unet/,
     vqvae/ and, for ``ldm-ca``, its trained ref_branch/ when it has one) or from ``config``,
-    with the VQ of ``vqvae_dir`` if given (and its latent settings). ``prediction_type`` overrides the config's (or the initial model's).
+    with the VQ of ``vqvae_dir`` if given (and its latent settings). ``prediction_type``
+    overrides the config's (or the initial model's).
 
     Raises:
         InputError: a VQ whose latent size or factor does not fit the U-Net.
