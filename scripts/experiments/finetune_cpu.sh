@@ -13,8 +13,9 @@
 #           (wall-clock cap) with min-SNR 5, epsilon prediction (the shipped model's).
 #   val     the validation birds at start strengths VAL_STRENGTHS (wavelet colour fix): chooses the
 #           recommended start strength on photos that are neither training nor test.
-#   test    the test birds (TEST manifest, 70 images, one per species) with and without references
-#           at START_STRENGTH, then PSNR/SSIM/NIQE; tables in WORK/eval.
+#   test    the test birds (TEST manifest, 70 images, one per species) with and without references,
+#           with and without the wavelet colour fix, at START_STRENGTH; PSNR/SSIM/NIQE in WORK/eval.
+# Run 4 (docs/results.md): MINUTES=80, then the train stage again with MINUTES=20 (it resumes).
 # Knobs: PACK [gpu_data] WORK [work/ft] MODEL [refsr/weights/default] MINUTES [75]
 #   MAX_STRENGTH [0.5] LR [1e-4] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
@@ -73,11 +74,14 @@ if has val; then
   done
 fi
 
-if has test; then
+if has test; then  # with and without references, with the wavelet colour fix and without (sample's default)
   s=$START_STRENGTH
-  sample --model "$RUN/model" "$TEST" --matches "$TEST_MATCHES" --start-strength "$s" -o "$WORK/restored/test_ft_s$s"
-  sample --model "$RUN/model" "$TEST" --start-strength "$s" -o "$WORK/restored/test_ft_s${s}_norefs"
-  for name in "test_ft_s$s" "test_ft_s${s}_norefs"; do
-    stamp "$name"; evaluate "$name" "$WORK/restored/$name" "$TEST"
+  for fix in wavelet none; do
+    raw() { refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix "$fix" --device cpu "$@"; }
+    raw --model "$RUN/model" "$TEST" --matches "$TEST_MATCHES" --start-strength "$s" -o "$WORK/restored/test_ft_s${s}_$fix"
+    raw --model "$RUN/model" "$TEST" --start-strength "$s" -o "$WORK/restored/test_ft_s${s}_${fix}_norefs"
+    for name in "test_ft_s${s}_$fix" "test_ft_s${s}_${fix}_norefs"; do
+      stamp "$name"; evaluate "$name" "$WORK/restored/$name" "$TEST"
+    done
   done
 fi
