@@ -174,7 +174,7 @@ def run_size(size, ldm, ca, pipe, args, device):
     for (variant, r), (seconds, peak, _) in res.items():
         base = ("diffusers", 0) if variant == "ldm" else ("ldm", 0)
         x = f"{ratio(res, (variant, r), base):.3f}x {base[0]}" if variant != "diffusers" and base in res else ""
-        share = variant == "ldm-ca" and r == max(args.refs) and r > 0  # ca-shared: references encoded once per run
+        share = variant == "ldm-ca" and r == max(args.refs) and r > 0
         rows.append((variant, r, seconds, peak, x, _attention_share(ca, fns[(variant, r)]) if share else ""))
     return rows
 

@@ -203,9 +203,7 @@ class DiffusionStage(Stage):
         self.model.recipe = {**self.model.recipe, "min_snr_gamma": self.min_snr_gamma}
         self.max_strength = float(max_strength)
         if self.max_strength < 1.0:  # sampling must not start above it (refsr.sample.start_strength_for)
-            self.model.recipe.update(max_strength=self.max_strength,
-                                     recommended_start_strength=min(self.max_strength,
-                                                                    self.model.recipe.get("recommended_start_strength", 1.0)))
+            self.model.recipe.update(max_strength=self.max_strength, recommended_start_strength=self.max_strength)
         n_refs = cfg["max_refs"] if max_refs is None else max_refs
         dropout = cfg["train"]["ref_dropout"] if ref_dropout is None else ref_dropout
         if kind == "ldm-ca" and matches is None:
