@@ -151,14 +151,14 @@ def run_demo(
     out_dir: str | Path = "refsr-demo",
     model: str | None = None,
     crop: int = 256,
-    steps: int = 20,
+    steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
     clip_model: str = "ViT-B-32",
     clip_pretrained: str | None = "laion2b_s34b_b79k",
     matcher: str | None = None,
     patch: int | None = None,
-    color_fix: str = "wavelet",
+    color_fix: str | None = None,
     start_strength: float | None = None,
 ) -> DemoResult:
     """Run degrade -> index-refs -> match -> sample (without and with references) -> evaluate.
@@ -167,11 +167,13 @@ def run_demo(
         out_dir: where every stage writes its files.
         model: a model folder; ``None`` = the shipped default model.
         crop: side of the HR target in pixels (the LR is ``crop / scale``).
-        steps: DDIM steps of the sampler.
+        steps: DDIM steps of the sampler; ``None`` = the model's recommended value
+            (:func:`refsr.sample.recommended_settings`: 20 for the shipped model), else 50.
         matcher: a ``refsr match --matcher`` spec; ``None`` = ``shipped``, the trained matcher.
         patch: reference fragment size (default: the model's ``ref_size``).
-        color_fix: ``wavelet`` (default), ``adain`` or ``none``: match the output's
-            low-frequency colour to the upsampled input (as StableSR does).
+        color_fix: ``wavelet``, ``adain`` or ``none``: match the output's low-frequency colour
+            to the upsampled input (as StableSR does); ``None`` = the model's recommended
+            value (wavelet for the shipped model), else ``none``.
         start_strength: where the reverse process starts (see ``refsr sample
             --start-strength``); ``None`` = the model's ``recipe.recommended_start_strength``
             (0.3 for the shipped model), else 1.
@@ -182,7 +184,7 @@ def run_demo(
     from .degrade.pipeline import degrade_folder
     from .device import resolve_device
     from .metrics.report import compare_reports, evaluate, write_report
-    from .sample.core import SampleSettings, start_strength_for
+    from .sample.core import SampleSettings, resolve_settings
     from .sample.loading import load_model
     from .sample.restore import sample_files
 
@@ -200,8 +202,8 @@ def run_demo(
     matches = _match(manifest, out_dir / "refs.index", out_dir / "matches.jsonl",
                      matcher or "shipped", patch, top_refs, str(dev), notes)
 
-    start_strength = start_strength_for(net, start_strength)
-    settings = SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix, start_strength=start_strength)
+    settings = resolve_settings(net, SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix,
+                                                    start_strength=start_strength))  # as `refsr sample`
     restored = out_dir / "restored"
     bicubic_baseline(manifest, restored / "bicubic")
     # always redone (seconds): a rerun with other --steps/--color-fix shows its own result
@@ -220,8 +222,8 @@ def run_demo(
     loaded = [io.read_json(r) for r in reports]
     table = compare_reports(loaded, ["bicubic", "LDM (no refs)", "LDM+CA (refs)"])
     io.write_json(out_dir / "report.json", {"format": "refsr.demo/1", "model": str(model_path),
-                                            "steps": steps, "seed": seed, "color_fix": color_fix,
-                                            "start_strength": start_strength, "notes": notes,
+                                            "steps": settings.steps, "seed": seed, "color_fix": settings.color_fix,
+                                            "start_strength": settings.start_strength, "notes": notes,
                                             "reports": dict(zip(names, loaded))})
 
     rec = io.read_pair_manifest(manifest)[0]

@@ -15,13 +15,17 @@ from .common import StageCommand, device_option, report, seed_option, warn
 @click.option("--model", default=None, help="Model folder (default: the model shipped with refsr).")
 @click.option("--crop", type=click.IntRange(min=64), default=256, show_default=True,
               help="Side of the HR target in pixels (the LR input is crop / scale).")
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True, help="DDIM sampling steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="DDIM sampling steps, as `refsr sample --steps` (default: the model's recommended value, 20 "
+              "for the shipped model, else 50).")
 @click.option("--clip-pretrained", default="laion2b_s34b_b79k", show_default=True,
               help="OpenCLIP tag for stage 1 ('none' = random weights; used anyway when not cached).")
 @click.option("--matcher", default=None,
               help="Patch matcher: shipped (default), imagenet, none or a folder from `refsr train matcher`.")
-@click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="wavelet", show_default=True,
-              help="Match the restored images' low-frequency colour to the upsampled input (as StableSR).")
+@click.option("--color-fix", type=click.Choice(COLOR_FIXES), default=None,
+              help="Match the restored images' low-frequency colour to the upsampled input (as StableSR), as "
+              "`refsr sample --color-fix` (default: the model's recommended value, wavelet for the shipped "
+              "model, else none).")
 @click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Where the reverse process starts, as `refsr sample --start-strength` (default: the model's "
               "recommended value, 0.3 for the shipped model; 1 = from pure noise).")

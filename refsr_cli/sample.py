@@ -27,7 +27,9 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
               help="At most this many fragments per image (default: the model's max_refs).")
 @click.option("--sampler", type=click.Choice(list_samplers()), default="ddim", show_default=True,
               help="ddim (DDIM), dpmpp (DPM-Solver++ 2M) or ddpm (ancestral).")
-@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Denoising steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Denoising steps (of a full schedule; a start strength S < 1 runs about S x steps). Default: the "
+              "model's recommended value (recipe.recommended_steps; 20 for the shipped model), else 50.")
 @click.option("--eta", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="DDIM eta (0 = deterministic DDIM); other samplers ignore it.")
 @click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
@@ -45,8 +47,10 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
               help="Tiles per U-Net/decoder call (more = faster on GPU, more memory).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision (fp16 on CUDA only).")
-@click.option("--color-fix", type=click.Choice(COLOR_FIXES), default="none", show_default=True,
-              help="Match the output's low-frequency colour to the bicubic-upsampled input.")
+@click.option("--color-fix", type=click.Choice(COLOR_FIXES), default=None,
+              help="Match the output's low-frequency colour to the bicubic-upsampled input (wavelet: its "
+              "low-frequency bands; adain: per-channel mean and std; none). Default: the model's recommended "
+              "value (recipe.recommended_color_fix; wavelet for the shipped model), else none.")
 @click.option("--outscale", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Final scale relative to the input (LANCZOS resize); default: the model's scale.")
 @click.option("--suffix", default="_sr", show_default=True, help="Appended to each output's stem.")

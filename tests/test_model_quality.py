@@ -443,6 +443,45 @@ def test_a_start_strength_above_what_the_model_was_trained_for_is_refused(tmp_pa
     assert json.loads((tmp_path / "out" / "run.json").read_text())["start_strength"] == 0.3  # the model's value
 
 
+def test_steps_and_colour_fix_default_to_the_models_recommendation(tmp_path, coffee):
+    """`refsr sample` without --steps/--color-fix samples as the model's recipe recommends (what
+    its published numbers used); a model that recommends nothing samples as diffusers' LDM-SR
+    (50 steps, no colour fix); what the user gives wins; a bad recommendation is refused."""
+    from refsr.sample import SampleSettings, recommended_settings
+    from refsr.sample.core import resolve_settings
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm").eval()
+    plain = resolve_settings(model, SampleSettings())
+    assert (plain.steps, plain.color_fix, plain.start_strength) == (50, "none", 1.0)
+    model.recipe = {"recommended_steps": 3, "recommended_color_fix": "adain", "recommended_start_strength": 0.5}
+    assert recommended_settings(model) == {"steps": 3, "color_fix": "adain", "start_strength": 0.5}
+    told = resolve_settings(model, SampleSettings(steps=2, color_fix="none"))
+    assert (told.steps, told.color_fix, told.start_strength) == (2, "none", 0.5)
+    model.save_pretrained(tmp_path / "m")
+    lr = tmp_path / "lr.png"
+    write_image(lr, coffee[:32, :32])
+    args = ["sample", str(lr), "--model", str(tmp_path / "m"), "--device", "cpu", "-o"]
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert (run["steps"], run["color_fix"], run["start_strength"]) == (3, "adain", 0.5)
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "b"), "--steps", "2", "--color-fix", "none"])
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert r.exit_code == 0 and (run["steps"], run["color_fix"]) == (2, "none")
+    model.recipe = {"recommended_color_fix": "sepia"}
+    with pytest.raises(ValueError, match="unknown color fix 'sepia'"):
+        resolve_settings(model, SampleSettings())
+
+
+def test_the_shipped_model_recommends_the_settings_its_numbers_were_measured_with():
+    from refsr.sample import recommended_settings
+    from refsr.sample.loading import default_model_path
+
+    shipped = RefSRModel.from_pretrained(default_model_path())
+    assert recommended_settings(shipped) == {"steps": 20, "color_fix": "wavelet", "start_strength": 0.3}
+
+
 def test_without_held_out_images_the_export_decodes_as_the_decoder_was_trained(tmp_path, astronaut, coffee,
                                                                               motorcycle_pair):
     photos = _photos(tmp_path / "photos", astronaut, coffee, motorcycle_pair)

@@ -33,17 +33,18 @@ class SampleSettings:
     tiles. ``batch_size`` is the number of tiles per U-Net / decoder call.
     ``cache_context=False`` recomputes the LR/reference contexts at every step (tests).
     ``start_strength`` in (0, 1]: 1 = from pure noise; S < 1 = from timestep about S x T,
-    starting from the noised latent of the bicubic-upsampled LR; None = the model's
-    recommended value (see :func:`start_strength_for`)."""
+    starting from the noised latent of the bicubic-upsampled LR. ``steps``, ``color_fix`` and
+    ``start_strength`` left None take the model's recommended values (see
+    :func:`recommended_settings`)."""
 
     sampler: str = "ddim"
-    steps: int = 50
+    steps: int | None = None
     eta: float = 0.0
     tile: int = 128
     tile_overlap: int = 16
     batch_size: int = 1
     precision: str = "fp32"
-    color_fix: str = "none"
+    color_fix: str | None = None
     start_strength: float | None = None
     cache_context: bool = True
 
@@ -53,14 +54,27 @@ class SampleSettings:
             raise ValueError(f"unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
-        if self.color_fix not in COLOR_FIXES:
+        if self.color_fix is not None and self.color_fix not in COLOR_FIXES:
             raise ValueError(f"unknown color fix {self.color_fix!r}; expected one of {', '.join(COLOR_FIXES)}")
-        if self.steps < 1 or self.batch_size < 1 or self.tile < 0 or self.tile_overlap < 0:
+        if (self.steps is not None and self.steps < 1) or self.batch_size < 1 or self.tile < 0 or self.tile_overlap < 0:
             raise ValueError("steps and batch size must be >= 1, tile and tile overlap >= 0")
         if self.start_strength is not None and not 0.0 < self.start_strength <= 1.0:
             raise ValueError(f"start strength must be in (0, 1], got {self.start_strength}")
         if self.tile and self.tile_overlap >= self.tile:
             raise ValueError(f"tile overlap {self.tile_overlap} must be smaller than the tile {self.tile}")
+
+
+# The sampling settings a model may recommend, as ``recipe["recommended_<name>"]`` in its
+# model_index.json (chosen by measurement on held-out images), and what a model that
+# recommends none gets: diffusers' LDM-SR sampling (50 steps from pure noise, no colour fix).
+RECOMMENDABLE = {"steps": 50, "color_fix": "none", "start_strength": 1.0}
+
+
+def recommended_settings(model) -> dict:
+    """The sampling settings ``model`` recommends: ``{"steps", "color_fix", "start_strength"}``
+    from its ``recipe["recommended_<name>"]``, else :data:`RECOMMENDABLE`'s defaults."""
+    recipe = getattr(model, "recipe", None) or {}
+    return {name: recipe.get(f"recommended_{name}", default) for name, default in RECOMMENDABLE.items()}
 
 
 def start_strength_for(model, requested: float | None = None) -> float:
@@ -74,7 +88,7 @@ def start_strength_for(model, requested: float | None = None) -> float:
     from ..errors import InputError
 
     recipe = getattr(model, "recipe", None) or {}
-    strength = float(recipe.get("recommended_start_strength", 1.0) if requested is None else requested)
+    strength = float(recommended_settings(model)["start_strength"] if requested is None else requested)
     limit = float(recipe.get("max_strength", 1.0))
     if strength > limit + 1e-9:
         raise InputError(f"start strength {strength:g} is above {limit:g}, the most this model was trained for "
@@ -83,9 +97,15 @@ def start_strength_for(model, requested: float | None = None) -> float:
 
 
 def resolve_settings(model, settings: SampleSettings) -> SampleSettings:
-    """``settings`` checked, with the start strength resolved for ``model`` (:func:`start_strength_for`)."""
+    """``settings`` checked, with what was left None taken from ``model``'s recommendations
+    (:func:`recommended_settings`) and the start strength checked against what it was
+    trained for (:func:`start_strength_for`)."""
     settings.check()
-    return dataclasses.replace(settings, start_strength=start_strength_for(model, settings.start_strength))
+    given = {name: getattr(settings, name) for name in RECOMMENDABLE if getattr(settings, name) is not None}
+    resolved = dataclasses.replace(settings, **{**recommended_settings(model), **given})
+    resolved = dataclasses.replace(resolved, start_strength=start_strength_for(model, resolved.start_strength))
+    resolved.check()  # a model's recommendation is checked like a user's value
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------

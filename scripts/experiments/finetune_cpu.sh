@@ -9,6 +9,8 @@
 #           (PACK from `scripts/train_default_model.sh pack`), an index of the training photos
 #           (random-weight OpenCLIP, offline) and the references of every pair (shipped matcher,
 #           same folder = same species). About 12 minutes on 2 cores.
+#   testdata the test birds of run 3: Real-ESRGAN x4 pairs (224 px, seed 0) of the 140 packed test
+#           birds, TEST = every other pair (70, one per species), and their references (LR queries).
 #   train   `refsr train diffusion --init-from MODEL --max-strength MAX_STRENGTH` for MINUTES
 #           (wall-clock cap) with min-SNR 5, epsilon prediction (the shipped model's).
 #   val     the validation birds at start strengths VAL_STRENGTHS (wavelet colour fix): chooses the
@@ -16,15 +18,17 @@
 #   test    the test birds (TEST manifest, 70 images, one per species) with and without references,
 #           with and without the wavelet colour fix, at START_STRENGTH; PSNR/SSIM/NIQE in WORK/eval.
 # Run 4 (docs/results.md): MINUTES=80, then the train stage again with MINUTES=20 (it resumes).
+# Run 5: MODEL = run 4's model (the shipped one), LR_SCHEDULE=cosine STEPS=2600 MINUTES=75 TRAIN_SEED=1.
 # Knobs: PACK [gpu_data] WORK [work/ft] MODEL [refsr/weights/default] MINUTES [75]
-#   MAX_STRENGTH [0.5] LR [1e-4] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
+#   MAX_STRENGTH [0.5] LR [1e-4] LR_SCHEDULE [constant: run 4; cosine: run 5, decays to 0 at STEPS] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
+#   TRAIN_SEED [SEED: the training draws; a continued fine-tune takes a new one]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
 #   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
 set -euo pipefail
-STAGES=${STAGES:-${*:-data train val test}}
+STAGES=${STAGES:-${*:-data testdata train val test}}
 PACK=${PACK:-gpu_data}; WORK=${WORK:-work/ft}; MODEL=${MODEL:-refsr/weights/default}
-MINUTES=${MINUTES:-75}; MAX_STRENGTH=${MAX_STRENGTH:-0.5}; LR=${LR:-1e-4}; BATCH=${BATCH:-8}; STEPS=${STEPS:-100000}
-EMA=${EMA:-0.995}; SEED=${SEED:-0}; VAL_STRENGTHS=${VAL_STRENGTHS:-0.2 0.3 0.5}; START_STRENGTH=${START_STRENGTH:-0.3}
+MINUTES=${MINUTES:-75}; LR_SCHEDULE=${LR_SCHEDULE:-constant}; MAX_STRENGTH=${MAX_STRENGTH:-0.5}; LR=${LR:-1e-4}; BATCH=${BATCH:-8}; STEPS=${STEPS:-100000}
+EMA=${EMA:-0.995}; SEED=${SEED:-0}; TRAIN_SEED=${TRAIN_SEED:-$SEED}; VAL_STRENGTHS=${VAL_STRENGTHS:-0.2 0.3 0.5}; START_STRENGTH=${START_STRENGTH:-0.3}
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -49,12 +53,21 @@ if has data; then
   done
 fi
 
+if has testdata; then
+  stamp "testdata: the test birds, every other pair, their references"
+  refsr -q degrade $(list test) -o "$(dirname "$TEST")" --crop 224 --seed "$SEED"
+  [ -s "$TEST" ] || sed -n 'p;n' "$(dirname "$TEST")/manifest.jsonl" > "$TEST"
+  [ -s "$TEST_MATCHES" ] || refsr -q match "$TEST" --index "$WORK/refs.index" -o "$TEST_MATCHES" \
+      --query lr --group-by parent --top-images 10 --top-refs 10 --window 224 --stride 112 \
+      --matcher shipped --device cpu
+fi
+
 if has train; then
   stamp "train: from $MODEL, timesteps below $MAX_STRENGTH x T, $MINUTES min"
   refsr train diffusion "$WORK/pairs_train/manifest.jsonl" --matches "$WORK/matches_train.jsonl" \
       --init-from "$MODEL" --kind ldm-ca --config small --max-strength "$MAX_STRENGTH" --min-snr-gamma 5 \
-      --lr "$LR" --warmup 50 --lr-schedule constant --ema-decay "$EMA" --batch-size "$BATCH" --steps "$STEPS" \
-      --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 --log-every 25 --seed "$SEED" \
+      --lr "$LR" --warmup 50 --lr-schedule "$LR_SCHEDULE" --ema-decay "$EMA" --batch-size "$BATCH" --steps "$STEPS" \
+      --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 --log-every 25 --seed "$TRAIN_SEED" \
       --device cpu --resume -o "$RUN" 2>&1 | tee "$WORK/train.log" | tail -n 3
 fi
 
