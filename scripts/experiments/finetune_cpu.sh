@@ -13,8 +13,8 @@
 #           birds, TEST = every other pair (70, one per species), and their references (LR queries).
 #   train   `refsr train diffusion --init-from MODEL --max-strength MAX_STRENGTH` for MINUTES
 #           (wall-clock cap) with min-SNR 5, epsilon prediction (the shipped model's).
-#   val     the validation birds at start strengths VAL_STRENGTHS (wavelet colour fix): chooses the
-#           recommended start strength on photos that are neither training nor test.
+#   val     the validation birds at start strengths VAL_STRENGTHS and steps VAL_STEPS (wavelet colour
+#           fix): chooses the recommended settings on photos that are neither training nor test.
 #   test    the test birds (TEST manifest, 70 images, one per species) with and without references,
 #           with and without the wavelet colour fix, at START_STRENGTH; PSNR/SSIM/NIQE in WORK/eval.
 # Run 4 (docs/results.md): MINUTES=80, then the train stage again with MINUTES=20 (it resumes).
@@ -22,14 +22,14 @@
 # Knobs: PACK [gpu_data] WORK [work/ft] MODEL [refsr/weights/default] MINUTES [75]
 #   MAX_STRENGTH [0.5] LR [1e-4] LR_SCHEDULE [constant: run 4; cosine: run 5, decays to 0 at STEPS] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
 #   TRAIN_SEED [SEED: the training draws; a continued fine-tune takes a new one]
-#   VAL_STRENGTHS ["0.2 0.3 0.5"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
+#   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
 #   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
 set -euo pipefail
 STAGES=${STAGES:-${*:-data testdata train val test}}
 PACK=${PACK:-gpu_data}; WORK=${WORK:-work/ft}; MODEL=${MODEL:-refsr/weights/default}
 MINUTES=${MINUTES:-75}; LR_SCHEDULE=${LR_SCHEDULE:-constant}; MAX_STRENGTH=${MAX_STRENGTH:-0.5}; LR=${LR:-1e-4}; BATCH=${BATCH:-8}; STEPS=${STEPS:-100000}
 EMA=${EMA:-0.995}; SEED=${SEED:-0}; TRAIN_SEED=${TRAIN_SEED:-$SEED}; VAL_STRENGTHS=${VAL_STRENGTHS:-0.2 0.3 0.5}; START_STRENGTH=${START_STRENGTH:-0.3}
-SAMPLE_STEPS=${SAMPLE_STEPS:-20}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}; VAL_STEPS=${VAL_STEPS:-$SAMPLE_STEPS}; VAL_MODELS=${VAL_MODELS:-base ft}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
@@ -73,16 +73,20 @@ fi
 
 evaluate() {  # NAME PRED MANIFEST
   refsr -q evaluate --pred "$2" --gt "$3" --metrics psnr,ssim,niqe -o "$WORK/eval/report_$1.json" \
-      --device cpu | tee "$WORK/eval/eval_$1.txt" | head -n 4
+      --device cpu > "$WORK/eval/eval_$1.txt"
+  head -n 5 "$WORK/eval/eval_$1.txt"   # (not `| head`: under pipefail a closed pipe could end the script)
 }
 sample() { refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix wavelet --device cpu "$@"; }
-if has val; then
+if has val; then  # every start strength x steps x model (base = MODEL, ft = this run's); names end _nN unless SAMPLE_STEPS
   for s in $VAL_STRENGTHS; do
-    for name in base ft; do
-      model=$MODEL; [ $name = ft ] && model=$RUN/model
-      sample --model "$model" "$WORK/pairs_val/manifest.jsonl" --matches "$WORK/matches_val.jsonl" \
-          --start-strength "$s" -o "$WORK/restored/val_${name}_s$s"
-      stamp "val $name start $s"; evaluate "val_${name}_s$s" "$WORK/restored/val_${name}_s$s" "$WORK/pairs_val/manifest.jsonl"
+    for n in $VAL_STEPS; do
+      for name in $VAL_MODELS; do
+        model=$MODEL; [ $name = ft ] && model=$RUN/model
+        out=val_${name}_s$s; [ "$n" = "$SAMPLE_STEPS" ] || out=${out}_n$n
+        refsr -q sample --steps "$n" --seed "$SEED" --color-fix wavelet --device cpu --model "$model" \
+            "$WORK/pairs_val/manifest.jsonl" --matches "$WORK/matches_val.jsonl" --start-strength "$s" -o "$WORK/restored/$out"
+        stamp "val $name start $s, $n steps"; evaluate "$out" "$WORK/restored/$out" "$WORK/pairs_val/manifest.jsonl"
+      done
     done
   done
 fi
