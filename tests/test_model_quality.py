@@ -449,6 +449,7 @@ def test_steps_and_colour_fix_default_to_the_models_recommendation(tmp_path, cof
     (50 steps, no colour fix); what the user gives wins; a bad recommendation is refused."""
     from refsr.sample import SampleSettings, recommended_settings
     from refsr.sample.core import resolve_settings
+    from refsr.sample.samplers import sampling_timesteps
 
     torch.manual_seed(0)
     model = RefSRModel.from_config(MICRO, kind="ldm").eval()
@@ -466,12 +467,31 @@ def test_steps_and_colour_fix_default_to_the_models_recommendation(tmp_path, cof
     assert r.exit_code == 0, r.output
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert (run["steps"], run["color_fix"], run["start_strength"]) == (3, "adain", 0.5)
+    assert run["timesteps"] == sampling_timesteps("ddim", model.scheduler_config, 3, 0.5)
     r = CliRunner().invoke(cli, args + [str(tmp_path / "b"), "--steps", "2", "--color-fix", "none"])
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert r.exit_code == 0 and (run["steps"], run["color_fix"]) == (2, "none")
     model.recipe = {"recommended_color_fix": "sepia"}
     with pytest.raises(ValueError, match="unknown color fix 'sepia'"):
         resolve_settings(model, SampleSettings())
+
+
+def test_run_json_names_the_timesteps_the_model_was_evaluated_at():
+    """start strength S keeps the last round(S x steps) of the sampler's timesteps: the
+    recorded list is what denoise evaluates (the callback sees the same t's)."""
+    from diffusers import DDPMScheduler
+
+    from refsr.sample.samplers import denoise, make_scheduler, sampling_timesteps
+
+    config = dict(DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear").config)
+    assert sampling_timesteps("ddim", config, 20, 0.3) == [250, 200, 150, 100, 50, 0]
+    assert sampling_timesteps("ddim", config, 4, 0.5) == [250, 0]
+    assert sampling_timesteps("ddim", config, 10, 1.0) == list(range(900, -1, -100))
+    seen = []
+    x = torch.zeros(1, 3, 4, 4)
+    denoise(lambda x, t: torch.zeros_like(x), torch.randn(1, 3, 4, 4), make_scheduler("ddim", config), 4,
+            init_latents=x, strength=0.5, callback=lambda d: seen.append(int(d["t"])), disable=True)
+    assert seen == [250, 0]
 
 
 def test_the_shipped_model_recommends_the_settings_its_numbers_were_measured_with():

@@ -371,8 +371,11 @@ def check_run_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
 
 
 def _run_settings(model_name: str, model, settings: SampleSettings, seed: int, device, extra: dict) -> dict:
+    from .samplers import sampling_timesteps
+
     s = asdict(settings)
     s.pop("cache_context", None)
+    s["timesteps"] = sampling_timesteps(settings.sampler, model.scheduler_config, settings.steps, settings.start_strength)
     return {"model": model_name, "kind": model.kind, "scale": model.scale, **s, "seed": int(seed),
             "device": str(device), **extra}
 

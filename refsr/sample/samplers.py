@@ -86,6 +86,16 @@ def start_timesteps(scheduler, steps: int, strength: float):
     return scheduler.timesteps[begin:]
 
 
+def sampling_timesteps(name: str, config: dict, steps: int, strength: float = 1.0) -> list[int]:
+    """The training timesteps at which :func:`denoise` evaluates the model for sampler ``name``
+    (built from ``config``) with ``steps`` and start ``strength``, first to last: e.g. DDIM, 20
+    steps, strength 0.3 -> ``[250, 200, 150, 100, 50, 0]``; 4 steps, 0.5 -> ``[250, 0]`` (one
+    jump from t = 250). ``refsr sample`` records them in run.json."""
+    scheduler = make_scheduler(name, config)
+    scheduler.set_timesteps(int(steps))
+    return [int(t) for t in start_timesteps(scheduler, int(steps), float(strength))]
+
+
 def denoise(
     eps_fn: Callable,
     latents,
