@@ -29,7 +29,9 @@
 #   DEVICE [auto] CONFIG [small] SEED [0] CROP [224] BATCH [64] WORKERS [12] AE_STEPS [4000]
 #   AE_MAX_MINUTES [2.5] STEPS [2500] MAX_MINUTES [4] PREDICTION [v_prediction] MIN_SNR [5]
 #   AE_HOLDOUT [0.05] DECODE [continuous: the decoder learns the encoder's continuous latents; on the
-#   shipped VQ, 250 decoder-only steps took held-out PSNR from 17.9 (quantised) to 23.6 dB] SAMPLE_STEPS [20] START_STRENGTH [0.5] METRICS [psnr,ssim,niqe]
+#   shipped VQ, 250 decoder-only steps took held-out PSNR from 17.9 (quantised) to 23.6 dB] SAMPLE_STEPS [20] START_STRENGTH [0.5]
+#   START_STEPS [4: with START_STRENGTH 0.5 one DDIM jump from t = 250, the best PSNR on the validation birds in run 5]
+#   METRICS [psnr,ssim,niqe]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json] CLIP_PRETRAINED [none]
 #   MATCHER [shipped] BUDGET_MB [20] DATA [../shared/data] REFSR [refsr] PYTHON [python3]
 set -euo pipefail
@@ -39,7 +41,7 @@ RESULTS=${RESULTS:-${OUT:-$WORK/results}}
 DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}; BATCH=${BATCH:-64}; WORKERS=${WORKERS:-12}; CROP=${CROP:-224}
 AE_STEPS=${AE_STEPS:-4000}; AE_MAX_MINUTES=${AE_MAX_MINUTES:-2.5}; AE_HOLDOUT=${AE_HOLDOUT:-0.05}; DECODE=${DECODE:-continuous}
 STEPS=${STEPS:-2500}; MAX_MINUTES=${MAX_MINUTES:-4}; PREDICTION=${PREDICTION:-v_prediction}; MIN_SNR=${MIN_SNR:-5}
-SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; METRICS=${METRICS:-psnr,ssim,niqe}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -109,8 +111,9 @@ if has eval; then
   sample --model "$WORK/runs/ldm/model" "$T" -o "$R/ldm" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" -o "$R/ldm-ca_norefs" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" -o "$R/ldm-ca" &
-  sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" \
-      --start-strength "$START_STRENGTH" -o "$R/ldm-ca_s$START_STRENGTH" &
+  $REFSR -q sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" --seed "$SEED" \
+      --device "$DEVICE" --start-strength "$START_STRENGTH" --steps "$START_STEPS" --color-fix wavelet \
+      -o "$R/ldm-ca_s$START_STRENGTH" &
   sample --model "$WORK/runs/ldm-ca/model" "$G" --matches "$WORK/matches_test_general.jsonl" -o "$R/general_ldm-ca" &
   $PYTHON -c "from refsr.demo import bicubic_baseline as b; b('$T', '$R/bicubic'); b('$G', '$R/general_bicubic')"
   $PYTHON scripts/experiments/ae_reconstruct.py "$WORK/runs/vq" "$T" "$R/autoencoder"
@@ -121,7 +124,7 @@ if has eval; then
   { echo "# test birds (${SAMPLE_STEPS} DDIM steps); $fair"
     $REFSR evaluate --compare "$e/report_bicubic.json" "$e/report_autoencoder.json" "$e/report_ldm.json" \
         "$e/report_ldm-ca_norefs.json" "$e/report_ldm-ca.json" "$e/report_ldm-ca_s$START_STRENGTH.json" \
-        --names "Bicubic,Autoencoder ceiling,LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH"
+        --names "Bicubic,Autoencoder ceiling,LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; wavelet)"
     echo "# test general photos"
     $REFSR evaluate --compare "$e/report_general_bicubic.json" "$e/report_general_ldm-ca.json" --names "Bicubic,LDM+CA"
   } | tee "$e/table.txt"

@@ -16,13 +16,16 @@
 #   val     the validation birds at start strengths VAL_STRENGTHS and steps VAL_STEPS (wavelet colour
 #           fix): chooses the recommended settings on photos that are neither training nor test.
 #   test    the test birds (TEST manifest, 70 images, one per species) with and without references,
-#           with and without the wavelet colour fix, at START_STRENGTH; PSNR/SSIM/NIQE in WORK/eval.
+#           for TEST_MODELS (base, ft) and colour fixes TEST_FIXES, at START_STRENGTH and SAMPLE_STEPS;
+#           PSNR/SSIM/NIQE in WORK/eval.
+#   bicubic the floor: bicubic upsampling of the validation and the test birds.
 # Run 4 (docs/results.md): MINUTES=80, then the train stage again with MINUTES=20 (it resumes).
 # Run 5: MODEL = run 4's model (the shipped one), LR_SCHEDULE=cosine STEPS=2600 MINUTES=75 TRAIN_SEED=1.
 # Knobs: PACK [gpu_data] WORK [work/ft] MODEL [refsr/weights/default] MINUTES [75]
 #   MAX_STRENGTH [0.5] LR [1e-4] LR_SCHEDULE [constant: run 4; cosine: run 5, decays to 0 at STEPS] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
 #   TRAIN_SEED [SEED: the training draws; a continued fine-tune takes a new one]
-#   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
+#   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"]
+#   TEST_MODELS [ft] TEST_FIXES ["wavelet none"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
 #   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
 set -euo pipefail
 STAGES=${STAGES:-${*:-data testdata train val test}}
@@ -30,6 +33,7 @@ PACK=${PACK:-gpu_data}; WORK=${WORK:-work/ft}; MODEL=${MODEL:-refsr/weights/defa
 MINUTES=${MINUTES:-75}; LR_SCHEDULE=${LR_SCHEDULE:-constant}; MAX_STRENGTH=${MAX_STRENGTH:-0.5}; LR=${LR:-1e-4}; BATCH=${BATCH:-8}; STEPS=${STEPS:-100000}
 EMA=${EMA:-0.995}; SEED=${SEED:-0}; TRAIN_SEED=${TRAIN_SEED:-$SEED}; VAL_STRENGTHS=${VAL_STRENGTHS:-0.2 0.3 0.5}; START_STRENGTH=${START_STRENGTH:-0.3}
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}; VAL_STEPS=${VAL_STEPS:-$SAMPLE_STEPS}; VAL_MODELS=${VAL_MODELS:-base ft}
+TEST_MODELS=${TEST_MODELS:-ft}; TEST_FIXES=${TEST_FIXES:-wavelet none}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
@@ -73,7 +77,7 @@ fi
 
 evaluate() {  # NAME PRED MANIFEST
   refsr -q evaluate --pred "$2" --gt "$3" --metrics psnr,ssim,niqe -o "$WORK/eval/report_$1.json" \
-      --device cpu > "$WORK/eval/eval_$1.txt"
+      --csv "$WORK/eval/per_image_$1.csv" --device cpu --overwrite > "$WORK/eval/eval_$1.txt"
   head -n 5 "$WORK/eval/eval_$1.txt"   # (not `| head`: under pipefail a closed pipe could end the script)
 }
 sample() { refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix wavelet --device cpu "$@"; }
@@ -91,14 +95,26 @@ if has val; then  # every start strength x steps x model (base = MODEL, ft = thi
   done
 fi
 
-if has test; then  # with and without references, with the wavelet colour fix and without (sample's default)
-  s=$START_STRENGTH
-  for fix in wavelet none; do
-    raw() { refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix "$fix" --device cpu "$@"; }
-    raw --model "$RUN/model" "$TEST" --matches "$TEST_MATCHES" --start-strength "$s" -o "$WORK/restored/test_ft_s${s}_$fix"
-    raw --model "$RUN/model" "$TEST" --start-strength "$s" -o "$WORK/restored/test_ft_s${s}_${fix}_norefs"
-    for name in "test_ft_s${s}_$fix" "test_ft_s${s}_${fix}_norefs"; do
-      stamp "$name"; evaluate "$name" "$WORK/restored/$name" "$TEST"
+if has test; then  # TEST_MODELS x TEST_FIXES x with/without references, at START_STRENGTH and SAMPLE_STEPS
+  for name in $TEST_MODELS; do
+    model=$MODEL; [ $name = ft ] && model=$RUN/model
+    for fix in $TEST_FIXES; do
+      for refs in refs norefs; do
+        out=test_${name}_s${START_STRENGTH}_n${SAMPLE_STEPS}_$fix; with=(--matches "$TEST_MATCHES")
+        [ $refs = norefs ] && { out=${out}_norefs; with=(); }
+        refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix "$fix" --device cpu --model "$model" \
+            "$TEST" "${with[@]}" --start-strength "$START_STRENGTH" -o "$WORK/restored/$out"
+        stamp "$out"; evaluate "$out" "$WORK/restored/$out" "$TEST"
+      done
     done
+  done
+fi
+
+if has bicubic; then  # the floor, for the validation and the test birds
+  for split in val test; do
+    manifest=$WORK/pairs_val/manifest.jsonl; [ $split = test ] && manifest=$TEST
+    python -c "import sys; from refsr.demo import bicubic_baseline as b; b(sys.argv[1], sys.argv[2])" \
+        "$manifest" "$WORK/restored/${split}_bicubic"
+    stamp "${split}_bicubic"; evaluate "${split}_bicubic" "$WORK/restored/${split}_bicubic" "$manifest"
   done
 fi
