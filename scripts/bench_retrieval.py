@@ -11,6 +11,7 @@ Prints figures and the machine. Synthetic data only (no pretrained weights neede
   i.e. no cache hits: the worst case).
 
     python scripts/bench_retrieval.py [--n 200000] [--full] [--queries 1000] [--device cpu]
+    python scripts/bench_retrieval.py --full --skip clip match --M 32 --ef-construction 400 --ef 128,256,512
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def bench_hnsw(n: int, n_queries: int, dim: int = 512, M: int = 16, ef_construction: int = 200) -> None:
+def bench_hnsw(n: int, n_queries: int, dim: int = 512, M: int = 16, ef_construction: int = 200,
+               efs: tuple[int, ...] = (32, 64, 128, 256)) -> None:
     import hnswlib
 
     data = clustered(n, dim, clusters=max(10, n // 1000))
@@ -55,7 +57,7 @@ def bench_hnsw(n: int, n_queries: int, dim: int = 512, M: int = 16, ef_construct
     print(f"hnswlib: N={n} dim={dim} M={M} ef_construction={ef_construction}: build {build:.1f} s "
           f"({n / build:.0f} vectors/s, {os.cpu_count()} threads)")
     index.set_num_threads(1)
-    for ef in (32, 64, 128, 256):
+    for ef in efs:
         index.set_ef(ef)
         lat, found = [], []
         for q in queries:
@@ -112,10 +114,14 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip", nargs="*", default=[], choices=["hnsw", "clip", "match"])
+    ap.add_argument("--M", type=int, default=16, help="hnswlib graph degree (refsr index-refs uses 16)")
+    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--ef", default="32,64,128,256", help="comma-separated query ef values")
     args = ap.parse_args()
     print(machine())
     if "hnsw" not in args.skip:
-        bench_hnsw(1_000_000 if args.full else args.n, args.queries)
+        bench_hnsw(1_000_000 if args.full else args.n, args.queries, M=args.M, ef_construction=args.ef_construction,
+                   efs=tuple(int(e) for e in args.ef.split(",")))
     if "clip" not in args.skip:
         bench_clip(args.device)
     if "match" not in args.skip:
