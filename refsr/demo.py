@@ -168,7 +168,7 @@ def run_demo(
         model: a model folder; ``None`` = the shipped default model.
         crop: side of the HR target in pixels (the LR is ``crop / scale``).
         steps: DDIM steps of the sampler; ``None`` = the model's recommended value
-            (:func:`refsr.sample.recommended_settings`: 20 for the shipped model), else 50.
+            (:func:`refsr.sample.recommended_settings`: 4 for the shipped model), else 50.
         matcher: a ``refsr match --matcher`` spec; ``None`` = ``shipped``, the trained matcher.
         patch: reference fragment size (default: the model's ``ref_size``).
         color_fix: ``wavelet``, ``adain`` or ``none``: match the output's low-frequency colour
@@ -176,7 +176,7 @@ def run_demo(
             value (wavelet for the shipped model), else ``none``.
         start_strength: where the reverse process starts (see ``refsr sample
             --start-strength``); ``None`` = the model's ``recipe.recommended_start_strength``
-            (0.3 for the shipped model), else 1.
+            (0.5 for the shipped model: with 4 steps one DDIM jump from t = 250), else 1.
 
     Returns:
         :class:`DemoResult` with the picture, the comparison report and the table.

@@ -16,7 +16,7 @@ from .common import StageCommand, device_option, report, seed_option, warn
 @click.option("--crop", type=click.IntRange(min=64), default=256, show_default=True,
               help="Side of the HR target in pixels (the LR input is crop / scale).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="DDIM sampling steps, as `refsr sample --steps` (default: the model's recommended value, 20 "
+              help="DDIM sampling steps, as `refsr sample --steps` (default: the model's recommended value, 4 "
               "for the shipped model, else 50).")
 @click.option("--clip-pretrained", default="laion2b_s34b_b79k", show_default=True,
               help="OpenCLIP tag for stage 1 ('none' = random weights; used anyway when not cached).")
@@ -28,7 +28,7 @@ from .common import StageCommand, device_option, report, seed_option, warn
               "model, else none).")
 @click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Where the reverse process starts, as `refsr sample --start-strength` (default: the model's "
-              "recommended value, 0.3 for the shipped model; 1 = from pure noise).")
+              "recommended value, 0.5 for the shipped model; 1 = from pure noise).")
 @seed_option
 @device_option
 def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, seed, device):

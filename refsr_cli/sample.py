@@ -29,13 +29,13 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
               help="ddim (DDIM), dpmpp (DPM-Solver++ 2M) or ddpm (ancestral).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Denoising steps (of a full schedule; a start strength S < 1 runs about S x steps). Default: the "
-              "model's recommended value (recipe.recommended_steps; 20 for the shipped model), else 50.")
+              "model's recommended value (recipe.recommended_steps; 4 for the shipped model), else 50.")
 @click.option("--eta", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="DDIM eta (0 = deterministic DDIM); other samplers ignore it.")
 @click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Where the reverse process starts: 1 = from pure noise; S < 1 = at timestep S x T, from the "
               "noised latent of the bicubic-upsampled input (runs about S x --steps steps). Default: the model's "
-              "recommended value (recipe.recommended_start_strength in its model_index.json; 0.3 for the shipped "
+              "recommended value (recipe.recommended_start_strength in its model_index.json; 0.5 for the shipped "
               "model), else 1.")
 @seed_option
 @click.option("--tile", type=click.IntRange(min=0), default=128, show_default=True,
