@@ -28,7 +28,7 @@
 #   TEST_MODELS [ft] TEST_FIXES ["wavelet none"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
 #   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
 set -euo pipefail
-STAGES=${STAGES:-${*:-data testdata train val test}}
+STAGES=${STAGES:-${*:-data testdata train val test bicubic}}
 PACK=${PACK:-gpu_data}; WORK=${WORK:-work/ft}; MODEL=${MODEL:-refsr/weights/default}
 MINUTES=${MINUTES:-75}; LR_SCHEDULE=${LR_SCHEDULE:-constant}; MAX_STRENGTH=${MAX_STRENGTH:-0.5}; LR=${LR:-1e-4}; BATCH=${BATCH:-8}; STEPS=${STEPS:-100000}
 EMA=${EMA:-0.995}; SEED=${SEED:-0}; TRAIN_SEED=${TRAIN_SEED:-$SEED}; VAL_STRENGTHS=${VAL_STRENGTHS:-0.2 0.3 0.5}; START_STRENGTH=${START_STRENGTH:-0.3}
@@ -80,7 +80,6 @@ evaluate() {  # NAME PRED MANIFEST
       --csv "$WORK/eval/per_image_$1.csv" --device cpu --overwrite > "$WORK/eval/eval_$1.txt"
   head -n 5 "$WORK/eval/eval_$1.txt"   # (not `| head`: under pipefail a closed pipe could end the script)
 }
-sample() { refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix wavelet --device cpu "$@"; }
 if has val; then  # every start strength x steps x model (base = MODEL, ft = this run's); names end _nN unless SAMPLE_STEPS
   for s in $VAL_STRENGTHS; do
     for n in $VAL_STEPS; do
