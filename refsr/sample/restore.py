@@ -189,11 +189,13 @@ def plan_memory(path, lr_size: tuple[int, int], scale: int, outscale: float | No
 
 
 IGNORED_SETTINGS = ("device",)  # may differ between shards and reruns (same bytes per device)
+DERIVED_SETTINGS = ("timesteps",)  # follow from sampler, steps and start_strength: named through them
 
 
 def _changed(old: dict, new: dict) -> list[str]:
-    """Settings that differ between two runs (keys both record, except ``device``)."""
-    return sorted(k for k in new if k in old and k not in IGNORED_SETTINGS and old[k] != new[k])
+    """Settings that differ between two runs (keys both record, except ``device`` and the derived ``timesteps``)."""
+    skip = IGNORED_SETTINGS + DERIVED_SETTINGS
+    return sorted(k for k in new if k in old and k not in skip and old[k] != new[k])
 
 
 class RunLog:
