@@ -11,7 +11,7 @@ import argparse
 import csv
 import math
 
-LOWER_IS_BETTER = {"niqe", "lpips", "fid"}
+from refsr.metrics.report import HIGHER_IS_BETTER
 
 
 def read(path: str) -> dict[str, dict[str, float]]:
@@ -33,7 +33,7 @@ def main() -> None:
         d = [b[n][metric] - a[n][metric] for n in names]
         mean = sum(d) / len(d)
         se = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) if len(d) > 1 else float("nan")
-        better = sum((x < 0) if metric in LOWER_IS_BETTER else (x > 0) for x in d)
+        better = sum((x > 0) if HIGHER_IS_BETTER[metric] else (x < 0) for x in d)
         print(f"{metric}: {mean:+.4f} (SE {se:.4f}), better on {better}/{len(d)}")
 
 
