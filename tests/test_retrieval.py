@@ -92,6 +92,37 @@ def test_index_round_trip(refs, tmp_path):
     assert info["count"] == 4 and info["dim"] == 32 and info["bytes"] > 0 and "tiny-clip-vit" in info["model"]
 
 
+def test_graph_settings_fixed_at_creation_ef_search_changeable(refs, tmp_path):
+    from refsr.retrieval.index import GraphSettings
+
+    idx = tmp_path / "idx"
+    index_refs([refs], idx, SPEC, graph=GraphSettings(M=8, ef_construction=40, ef_search=12))
+    ix = open_index(idx)
+    assert ix.meta["hnsw"] == {"M": 8, "ef_construction": 40} and ix.meta["ef_search"] == 12
+    assert (ix.hnsw.M, ix.hnsw.ef_construction) == (8, 40)  # the graph itself, not only the record
+    ix.search(ix.vectors([0])[0], 3)
+    assert ix.hnsw.ef == 12
+    # M and ef_construction cannot change on an existing index: refused before any embedding
+    with pytest.raises(InputError, match=r"made with M=8.*new index folder with --hnsw-m 16"):
+        index_refs([refs], idx, SPEC, graph=GraphSettings(M=16))
+    with pytest.raises(InputError, match=r"ef_construction=40.*--ef-construction 200"):
+        build_index(idx, graph=GraphSettings(ef_construction=200))
+    # ef_search can: a merge with nothing new commits a new generation with it
+    generation = ix.meta["generation"]
+    stats = build_index(idx, graph=GraphSettings(M=8, ef_search=30))
+    ix = open_index(idx)
+    assert stats.built and ix.meta["ef_search"] == 30 and ix.meta["generation"] == generation + 1
+    assert (ix.hnsw.M, ix.count) == (8, 4)
+    ix.search(ix.vectors([0])[0], 3)
+    assert ix.hnsw.ef == 30
+    info = index_info(idx)
+    assert (info["M"], info["ef_construction"], info["ef_search"]) == (8, 40, 30)
+    # a new index takes the defaults
+    index_refs([refs], tmp_path / "default", SPEC)
+    meta = open_index(tmp_path / "default").meta
+    assert meta["hnsw"] == {"M": 16, "ef_construction": 200} and meta["ef_search"] == 256
+
+
 def test_exact_duplicate_is_top1(refs, tmp_path):
     from refsr.io import read_rgb
 
@@ -431,7 +462,15 @@ def test_cli_index_match_and_errors(refs, tmp_path):
                             "--clip-model", TINY])
     assert r.exit_code == 2 and "give --clip-model only" in r.output
     r = runner.invoke(cli, ["index-refs", "--index", str(tmp_path / "idx"), "--info"])
-    assert r.exit_code == 0 and "4 images" in r.output and "dim 32" in r.output
+    assert r.exit_code == 0 and "4 images" in r.output and "dim 32" in r.output and "hnsw M 16" in r.output
+    r = runner.invoke(cli, ["index-refs", "--index", str(tmp_path / "idx"), "--merge", "--ef-search", "64"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["index-refs", "--index", str(tmp_path / "idx"), "--info"])
+    assert "ef-search 64" in r.output
+    r = runner.invoke(cli, ["index-refs", "--index", str(tmp_path / "idx"), "--merge", "--hnsw-m", "32"])
+    assert r.exit_code == 1 and "made with M=16" in r.output and "--hnsw-m 32" in r.output
+    r = runner.invoke(cli, ["index-refs", "--index", str(tmp_path / "idx"), "--info", "--ef-search", "64"])
+    assert r.exit_code == 2 and "--info only reads" in r.output
     r = runner.invoke(cli, ["-q", "match", str(refs), "--index", str(tmp_path / "idx"), "-o", str(tmp_path / "m.jsonl"),
                             "--matcher", "none", "--window", "64", "--stride", "32", "--top-refs", "3"])
     assert r.exit_code == 0, r.output
