@@ -56,13 +56,13 @@ class GraphSettings:
     ef_construction: int | None = None
     ef_search: int | None = None
 
-    def check_against(self, meta: dict, index_dir: Path) -> None:
-        """Refuse a build setting that differs from the one the index was made with."""
-        made = meta.get("hnsw", {})
+    def check_against(self, index: "RefIndex") -> None:
+        """Refuse a build setting that differs from the one ``index`` was made with."""
+        made = index.graph
         for name, flag in (("M", "--hnsw-m"), ("ef_construction", "--ef-construction")):
-            want, have = getattr(self, name), made.get(name)
+            want, have = getattr(self, name), getattr(made, name)
             if want is not None and have is not None and int(want) != int(have):
-                raise InputError(f"{index_dir}: the index was made with {name}={have}, which is fixed when an index "
+                raise InputError(f"{index.dir}: the index was made with {name}={have}, which is fixed when an index "
                                  f"is made; build a new index folder with {flag} {want} (or leave {flag} out)")
 
 
@@ -173,6 +173,13 @@ class RefIndex:
     def count(self) -> int:
         return len(self.items)
 
+    @property
+    def graph(self) -> GraphSettings:
+        """The hnswlib settings the index was made with, and the ``ef_search`` its queries use."""
+        made = self.meta.get("hnsw", {})
+        return GraphSettings(made.get("M"), made.get("ef_construction"),
+                             int(self.meta.get("ef_search", HNSW_EF_SEARCH)))
+
     def item_by_label(self, label: int) -> dict:
         if getattr(self, "_by_label", None) is None:
             self._by_label = {it["label"]: it for it in self.items}
@@ -207,7 +214,7 @@ class RefIndex:
         k = min(k, self.count - len(exclude))
         if k <= 0 or self.hnsw is None:
             return []
-        self.hnsw.set_ef(max(k, int(self.meta.get("ef_search", HNSW_EF_SEARCH))))
+        self.hnsw.set_ef(max(k, self.graph.ef_search))
         flt = (lambda lab: lab not in exclude) if exclude else None
         labels, dists = self.hnsw.knn_query(vector[None].astype(np.float32), k=k, filter=flt)
         return [(int(lab), float(1.0 - d)) for lab, d in zip(labels[0], dists[0])]
@@ -262,11 +269,10 @@ def index_info(index_dir: str | os.PathLike) -> dict:
     d = Path(index_dir)
     size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
     parts = sorted(p.name for p in (d / "parts").glob("*.npz")) if (d / "parts").is_dir() else []
-    made = index.meta.get("hnsw", {})
+    graph = index.graph
     return {"count": index.count, "model": index.identity.describe(), "dim": index.identity.dim,
             "bytes": size, "generation": index.meta["generation"], "pending_parts": parts,
-            "M": made.get("M"), "ef_construction": made.get("ef_construction"),
-            "ef_search": index.meta.get("ef_search", HNSW_EF_SEARCH)}
+            "M": graph.M, "ef_construction": graph.ef_construction, "ef_search": graph.ef_search}
 
 
 # ---------------------------------------------------------------------------------------
@@ -377,14 +383,13 @@ def build_index(index_dir: str | os.PathLike, prune: bool = False, stats: IndexS
         recover(index_dir)
         index = open_index(index_dir) if (index_dir / "index.json").is_file() else None
         if index is not None:
-            graph.check_against(index.meta, index_dir)
+            graph.check_against(index)
         files, identity, part_items, vectors = load_parts(index_dir, index.identity if index else None)
         if identity is None:
             raise InputError(f"{index_dir}: nothing to build (no index and no embedding parts)")
         adds, replaced, pruned = _plan_merge(index, part_items, prune)
         stats.added, stats.replaced, stats.pruned = len(adds), len(replaced), len(pruned)
-        new_ef = index is not None and graph.ef_search is not None and int(graph.ef_search) != int(
-            index.meta.get("ef_search", HNSW_EF_SEARCH))
+        new_ef = index is not None and graph.ef_search is not None and int(graph.ef_search) != index.graph.ef_search
         if adds or replaced or pruned or index is None or new_ef:
             _apply_and_commit(index_dir, index, identity, part_items, vectors, adds, set(replaced) | set(pruned), graph)
             stats.built = True
@@ -397,9 +402,9 @@ def build_index(index_dir: str | os.PathLike, prune: bool = False, stats: IndexS
 def _apply_and_commit(index_dir, index, identity, part_items, vectors, adds, drop, graph: GraphSettings) -> None:
     """Add ``adds`` (positions in ``part_items``) with fresh labels, mark ``drop`` deleted, commit."""
     next_label = int(index.meta["next_label"]) if index else 0
-    made = index.meta.get("hnsw", {}) if index else {}
-    M = int(made.get("M", graph.M or HNSW_M))
-    ef_construction = int(made.get("ef_construction", graph.ef_construction or HNSW_EF_CONSTRUCTION))
+    made = index.graph if index else GraphSettings()
+    M = int(made.M or graph.M or HNSW_M)
+    ef_construction = int(made.ef_construction or graph.ef_construction or HNSW_EF_CONSTRUCTION)
     hnsw = index.hnsw if index and index.hnsw is not None else None
     if hnsw is None:
         hnsw = _new_hnsw(identity.dim, next_label + len(adds), M, ef_construction)
@@ -498,7 +503,7 @@ def index_refs(
         recover(index_dir)
         index = open_index(index_dir) if (index_dir / "index.json").is_file() else None
     if index is not None:
-        graph.check_against(index.meta, index_dir)  # before any embedding work
+        graph.check_against(index)  # before any embedding work
     embedder = Embedder(spec, device=device)
     if index is not None:
         index.check_identity(embedder.identity)
