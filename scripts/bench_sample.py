@@ -11,6 +11,8 @@ median of the per-repetition ratios.
 
     python scripts/bench_sample.py                 # CPU: `small` config, 32-256 px LR
     python scripts/bench_sample.py --sizes 32,64 --refs 0,10 --repeats 5   # CPU ratio check
+    python scripts/bench_sample.py --sizes 64 --refs 0,4,10 --steps 4 --start-strength 0.5   # the shipped recipe
+    python scripts/bench_sample.py --sizes 64 --refs 0,10 --repeats 1 --breakdown   # where the time goes
     python scripts/bench_sample.py --quick         # CUDA: `paper` config, 128-512 px, < 3 min on an H100
     python scripts/bench_sample.py --config paper --sizes 128 --refs 0,10 --precision bf16 \
         --sampler dpmpp --steps 20 --repeats 5 --tile 128   # GPU target: 512x512 output, 10 refs
@@ -151,7 +153,7 @@ def run_size(size, ldm, ca, pipe, args, device):
     from refsr.sample.core import encode_references
 
     settings = SampleSettings(sampler=args.sampler, steps=args.steps, tile=args.tile, tile_overlap=args.tile_overlap,
-                              precision=args.precision, batch_size=args.batch_size)
+                              precision=args.precision, batch_size=args.batch_size, start_strength=args.start_strength)
     lr = torch.rand(1, 3, size, size, device=device) * 2 - 1
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     fns = {}
@@ -179,6 +181,46 @@ def run_size(size, ldm, ca, pipe, args, device):
     return rows
 
 
+def breakdown(ca, size: int, n_refs: int, repeats: int = 3) -> None:
+    """Where one ``ldm-ca`` image's time goes at LR ``size`` px with ``n_refs`` references:
+    each part timed alone (best of ``repeats``), per image or per denoising step."""
+    device = next(ca.parameters()).device
+    refs = torch.rand(1, n_refs, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1
+    lr = torch.rand(1, 3, size, size, device=device) * 2 - 1
+    lr_up = torch.nn.functional.interpolate(lr, scale_factor=ca.scale, mode="bicubic")
+    from refsr.sample.core import reference_inputs
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return min(times) * 1e3
+
+    with torch.no_grad():
+        ref_in = reference_inputs(ca, refs)
+        lr_in = ca.branch_input(lr_up)
+        x = torch.randn(1, ca.vqvae.config.latent_channels, *lr_in.shape[-2:], device=device)
+        t = torch.tensor([500], device=device)
+        lr_ctx, ref_ctx = ca.encode_lr(inputs=lr_in), ca.encode_references(inputs=ref_in)
+        parts = [
+            ("per image: VQ-encode the references (each alone)", lambda: reference_inputs(ca, refs)),
+            ("per image: E_Ref + keys/values", lambda: ca.encode_references(inputs=ref_in)),
+            ("per image: VQ-encode the upsampled LR", lambda: ca.encode(lr_up)),
+            ("per image: E_LR + LR queries", lambda: ca.encode_lr(inputs=lr_in)),
+            ("per image: VQ-decode", lambda: ca.decode(x)),
+            ("per step: U-Net (ldm)", lambda: ca(x, t, lr)),
+            (f"per step: U-Net + cross-attention, {n_refs} refs", lambda: ca(x, t, lr, lr_context=lr_ctx, ref_context=ref_ctx)),
+        ]
+        print(f"# breakdown at {size} px LR, {n_refs} references of {ca.ref_size} px (best of {repeats})")
+        for name, fn in parts:
+            print(f"{name:>52}: {best(fn):8.1f} ms")
+
+
 def _attention_share(ca, fn) -> str:
     """One more call of ``fn`` with timers on the cross-attention levels."""
     timer = AttentionTimer(ca)
@@ -201,9 +243,13 @@ def main():
     parser.add_argument("--tile-overlap", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--start-strength", type=float, default=None,
+                        help="refsr sample --start-strength (default 1: from pure noise; the shipped model uses 0.5)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (medians)")
     parser.add_argument("--quick", action="store_true", help="a short run (< 3 min on one H100)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the parts of one ldm-ca image (encoders, decoder, one step) at each size")
     parser.add_argument("--lr-cache-mb", type=float, default=None,
                         help="LR contexts kept across steps, at most (refsr.sample.core.LR_CONTEXT_CACHE_BYTES; 0: "
                              "every tile but the first recomputes E_LR at each step)")
@@ -229,7 +275,7 @@ def main():
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
     print(f"# bench_sample: {name} ({device}), torch {torch.__version__}, {os.cpu_count()} CPUs "
           f"({torch.get_num_threads()} threads), config {args.config}, "
-          f"steps {args.steps} ({args.sampler}), tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
+          f"steps {args.steps} ({args.sampler}), start strength {args.start_strength or 1:g}, tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
           f"{args.precision}, {args.repeats} interleaved repetitions (medians)"
           + (f", LR context cache {args.lr_cache_mb:g} MB" if args.lr_cache_mb is not None else ""))
     ldm, ca, pipe = build_models(args.config, device, args.sampler)
@@ -239,6 +285,8 @@ def main():
     for size in sizes:
         for variant, r, seconds, peak, x, note in run_size(size, ldm, ca, pipe, args, device):
             print(f"{size:>6} {variant:>9} {r:>4} {seconds:>8.3f} {peak / 2**20:>8.1f} {x:>22}  {note}", flush=True)
+        if args.breakdown:
+            breakdown(ca, size, max(args.refs))
     print("# targets: ldm <= 1.05x diffusers; ldm-ca with 10 refs <= 1.3x ldm; peak memory flat once tiled")
 
 

@@ -230,6 +230,80 @@ def test_matches_give_each_input_its_own_fragment(tmp_path, ca_model, astronaut,
     assert images["p2_sr.png"]["refs"][0]["path"] == "../refs/both.png"
 
 
+def test_a_fragment_shared_by_inputs_is_vq_encoded_once_with_the_same_outputs(tmp_path, ca_model, astronaut, coffee, monkeypatch):
+    """Inputs whose matches name the same file and box: that fragment is VQ-encoded once per
+    run, and every output has the bytes of a run that restores that input alone."""
+    _match_setup(tmp_path, astronaut, coffee)
+    for stem, photo in (("p1", astronaut), ("p2", coffee), ("p3", coffee[::-1].copy())):
+        write_image(tmp_path / "lr" / f"{stem}.png", _lr(photo, 24, 16))  # not ref-sized once upsampled
+    box = {"a": [0, 0, 80, 80], "b": [80, 0, 80, 80], "c": [40, 0, 80, 80]}
+    records = [{"id": stem, "query": f"lr/{stem}.png", "refs": [{"path": "refs/both.png", "box": box[k], "score": 0.5, "image_score": 0.5} for k in keys]}
+               for stem, keys in (("p1", "ab"), ("p2", "b"), ("p3", "ca"))]
+    write_jsonl(tmp_path / "matches.jsonl", records)
+    encoded, original = [], ca_model.branch_input
+
+    def counted(images, latents=None):
+        if images.shape[-2:] == (ca_model.ref_size, ca_model.ref_size):
+            encoded.append(1)
+        return original(images, latents)
+
+    monkeypatch.setattr(ca_model, "branch_input", counted)
+    sample_files([tmp_path / "lr"], tmp_path / "all", model=ca_model, matches=tmp_path / "matches.jsonl",
+                 settings=FAST, device="cpu")
+    assert len(encoded) == 3  # a, b, c: not 5
+    for stem in ("p1", "p2", "p3"):
+        sample_files([tmp_path / "lr" / f"{stem}.png"], tmp_path / stem, model=ca_model,
+                     matches=tmp_path / "matches.jsonl", settings=FAST, device="cpu")
+        alone, shared = (read_image(tmp_path / d / f"{stem}_sr.png").rgb for d in (stem, "all"))
+        assert np.array_equal(alone, shared)
+
+
+def test_a_fragments_encoding_does_not_depend_on_its_companions(ca_model, astronaut, coffee):
+    """Each fragment is VQ-encoded alone, so its E_Ref input has the same bytes whichever
+    fragments share its image (what makes cached fragments exact); masked ones are zeros."""
+    from refsr.sample.core import ReferenceInputCache, reference_inputs
+
+    s = ca_model.ref_size
+    refs = torch.cat([_tensor(_lr(astronaut, s, s)), _tensor(_lr(coffee, s, s))])[None]
+    with torch.no_grad():
+        pair = reference_inputs(ca_model, refs)
+        alone = reference_inputs(ca_model, refs[:, 1:])
+        masked = reference_inputs(ca_model, refs, torch.tensor([[False, True]]))
+        cache = ReferenceInputCache()
+        keys = [["astronaut", "coffee"]]
+        first, again = (reference_inputs(ca_model, refs, keys=keys, cache=cache) for _ in range(2))
+    assert torch.equal(pair[0, 1], alone[0, 0]) and torch.equal(masked[0, 1], alone[0, 0])
+    assert not masked[0, 0].any()
+    assert torch.equal(first, pair) and torch.equal(again, pair) and (cache.hits, cache.misses) == (2, 2)
+    small = ReferenceInputCache(max_bytes=pair[0, 0].numel() * pair.element_size())  # room for one
+    for key in ("x", "y"):
+        small.put(key, pair[0, 0])
+    assert list(small.items) == ["y"] and small.bytes <= small.max_bytes
+
+
+@pytest.mark.parametrize("tile", [0, 16])
+def test_upsampled_lr_is_vq_encoded_once_for_the_start_latent_and_e_lr(ca_model, coffee, astronaut, monkeypatch, tile):
+    """start strength < 1 with references: the upsampled LR's latent (per tile) serves both the
+    start latent and E_LR, encoded once, with the bytes of encoding it twice."""
+    import refsr.sample.core as core
+
+    lr = _tensor(_lr(coffee, 40, 16))
+    s = ca_model.ref_size
+    refs = torch.cat([_tensor(_lr(astronaut, s, s)), _tensor(_lr(coffee, s, s))])[None]
+    settings = SampleSettings(steps=2, tile=tile, tile_overlap=4, start_strength=0.5)
+    calls, original = [], ca_model.encode
+    monkeypatch.setattr(ca_model, "encode", lambda x: calls.append(1) or original(x))
+    once = restore_tensor(ca_model, lr, refs, settings=settings, generator=torch.Generator().manual_seed(0))
+    tiles = len(calls) - 2  # each reference once, then the LR's tiles
+    assert tiles == 1 if tile == 0 else tiles >= 3
+    encode_lr_up = core._encode_lr_up
+    monkeypatch.setattr(core, "_encode_lr_up", lambda model, canvas, settings, latents=None: encode_lr_up(model, canvas, settings))
+    calls.clear()
+    twice = restore_tensor(ca_model, lr, refs, settings=settings, generator=torch.Generator().manual_seed(0))
+    assert len(calls) - 2 == 2 * tiles
+    assert torch.equal(once, twice)
+
+
 def test_cli_resume_shards_and_run_json(tmp_path, ca_folder, astronaut, coffee, motorcycle_pair):
     lr = tmp_path / "lr"
     for i, photo in enumerate([astronaut, coffee, motorcycle_pair[0]]):

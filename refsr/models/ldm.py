@@ -275,13 +275,14 @@ class RefSRModel(nn.Module):
         out = self.vqvae.decode(latents, force_not_quantize=not self.latent.decode_quantized).sample
         return out.clamp(-1.0, 1.0)
 
-    def branch_input(self, images: torch.Tensor) -> torch.Tensor:
+    def branch_input(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> (N, C+3, H/4, W/4): frozen VQ latent || image at latent size
-        (the input of E_LR and E_Ref)."""
-        with torch.no_grad():
-            z = self.encode(images)
-        small = F.interpolate(images, size=z.shape[-2:], mode="area")
-        return torch.cat([z, small], dim=1)
+        (the input of E_LR and E_Ref). ``latents``: ``encode(images)`` if already computed."""
+        if latents is None:
+            with torch.no_grad():
+                latents = self.encode(images)
+        small = F.interpolate(images, size=latents.shape[-2:], mode="area")
+        return torch.cat([latents, small], dim=1)
 
     def encode_lr(self, lr_up: torch.Tensor | None = None, inputs: torch.Tensor | None = None) -> LRContext | None:
         """(B, 3, H, W) bicubic-upsampled LR at HR size in [-1, 1] (or its ``branch_input``,
@@ -291,19 +292,23 @@ class RefSRModel(nn.Module):
             return None
         return self.ref_branch.encode_lr(self.branch_input(lr_up) if inputs is None else inputs)
 
-    def encode_references(self, refs: torch.Tensor, mask: torch.Tensor | None = None) -> RefContext | None:
-        """refs (B, R, 3, S, S) in [-1, 1], mask (B, R) bool (True = real) -> per-level keys
-        and values, reused at every denoising step. R may be 0. None for kind ``ldm``."""
+    def encode_references(self, refs: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                          inputs: torch.Tensor | None = None) -> RefContext | None:
+        """refs (B, R, 3, S, S) in [-1, 1] (or their E_Ref inputs ``inputs`` (B, R, C+3, S/4, S/4),
+        see :meth:`branch_input`), mask (B, R) bool (True = real) -> per-level keys and values,
+        reused at every denoising step. R may be 0. None for kind ``ldm``."""
         if self.ref_branch is None:
             return None
-        b, r = refs.shape[:2]
+        given = refs if inputs is None else inputs
+        b, r = given.shape[:2]
         if mask is None:
-            mask = torch.ones(b, r, dtype=torch.bool, device=refs.device)
-        mask = mask.to(device=refs.device, dtype=torch.bool)
-        lat = refs.shape[-1] // self.scale
-        inputs = refs.new_zeros(b, r, self.vqvae.config.latent_channels + 3, lat, lat)
-        if mask.any():
-            inputs[mask] = self.branch_input(refs[mask])
+            mask = torch.ones(b, r, dtype=torch.bool, device=given.device)
+        mask = mask.to(device=given.device, dtype=torch.bool)
+        if inputs is None:
+            lat = refs.shape[-1] // vq_downsampling(self.vqvae)
+            inputs = refs.new_zeros(b, r, self.vqvae.config.latent_channels + 3, lat, lat)
+            if mask.any():
+                inputs[mask] = self.branch_input(refs[mask])
         return self.ref_branch.encode_refs(inputs, mask)
 
     # -- denoiser -------------------------------------------------------------------

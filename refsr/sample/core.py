@@ -25,6 +25,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # The LR contexts of an image's tiles kept across denoising steps, at most (bytes); the
 # tiles beyond it recompute E_LR at each step (the same values: outputs do not depend on it).
 LR_CONTEXT_CACHE_BYTES = 1 << 30
+# The E_Ref inputs of reference fragments kept across the images of a run, at most (bytes):
+# a fragment that several inputs share (the same file and box) is VQ-encoded once.
+REF_INPUT_CACHE_BYTES = 256 << 20
 
 
 @dataclass
@@ -238,15 +241,22 @@ def _lr_tile(canvas: _Canvas, tile: Tile | None):
     return canvas.lr[:, :, y0:y1, x0:x1], canvas.lr_up[:, :, ys, xs]
 
 
-def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings) -> Callable:
+def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings, lr_latents: dict | None = None) -> Callable:
     """``lr_context(k)``: the LR context of tile ``k`` (see ``RefSRModel.encode_lr``).
 
     Kept across steps while all tiles' contexts together stay within ``LR_CONTEXT_CACHE_BYTES``;
     beyond that a tile keeps only its E_LR input (VQ latent || LR at latent size, a few
     channels at latent size) and E_LR runs again at each step, so memory stays flat in image
-    size. ``cache_context`` off: everything is recomputed at each step (tests)."""
+    size. ``lr_latents``: tile -> VQ latent of its upsampled LR, where :func:`_encode_lr_up`
+    already computed it (not encoded again). ``cache_context`` off: everything is
+    recomputed at each step (tests)."""
     tiles = canvas.tiles or [None]
-    encode = lambda k: model.encode_lr(_lr_tile(canvas, tiles[k])[1])  # noqa: E731
+    lr_latents = lr_latents or {}
+
+    def branch_input(k):
+        return model.branch_input(_lr_tile(canvas, tiles[k])[1], latents=lr_latents.get(k))
+
+    encode = lambda k: model.encode_lr(inputs=branch_input(k))  # noqa: E731
     if not settings.cache_context:
         return encode
     contexts, inputs, used, size = {}, {}, 0, 0
@@ -256,22 +266,95 @@ def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings) -> Callable
             size = sum(t.numel() * t.element_size() for t in contexts[k].queries.values())
             used += size
         else:
-            inputs[k] = model.branch_input(_lr_tile(canvas, tiles[k])[1])
+            inputs[k] = branch_input(k)
     return lambda k: contexts[k] if k in contexts else model.encode_lr(inputs=inputs[k])
 
 
-def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSettings, ref_context=None):
+class ReferenceInputCache:
+    """E_Ref inputs of reference fragments (``RefSRModel.branch_input``: VQ latent || fragment at
+    latent size), by a key naming the fragment (its file and box), least recently used
+    dropped beyond ``max_bytes``. One per run and model: an input is the same whichever
+    image uses it (:func:`reference_inputs` encodes every fragment on its own)."""
+
+    def __init__(self, max_bytes: int | None = None):
+        from collections import OrderedDict
+
+        self.max_bytes = REF_INPUT_CACHE_BYTES if max_bytes is None else int(max_bytes)
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = self.hits = self.misses = 0
+
+    def get(self, key):
+        found = self.items.get(key)
+        if found is not None:
+            self.items.move_to_end(key)
+            self.hits += 1
+        return found
+
+    def put(self, key, value) -> None:
+        self.misses += 1
+        if _nbytes(value) > self.max_bytes:
+            return
+        if key in self.items:
+            self.bytes -= _nbytes(self.items.pop(key))
+        self.items[key] = value
+        self.bytes += _nbytes(value)
+        while self.bytes > self.max_bytes:
+            self.bytes -= _nbytes(self.items.popitem(last=False)[1])
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()
+
+
+def reference_inputs(model, refs, ref_mask=None, keys=None, cache: ReferenceInputCache | None = None):
+    """E_Ref inputs (B, R, C+3, s, s) of ``refs`` (B, R, 3, S, S) in [-1, 1]: every real fragment
+    VQ-encoded on its own (a batch of one), so a fragment's input does not depend on which
+    others share its image, its batch or the cache; zeros where ``ref_mask`` is False.
+    ``keys`` (B x R nested, one hashable per fragment) with ``cache``: a fragment seen before
+    in the run is not encoded again."""
+    import torch
+
+    b, r = refs.shape[:2]
+    mask = torch.ones(b, r, dtype=torch.bool) if ref_mask is None else ref_mask.cpu()
+    per_ref = []
+    for i in range(b):
+        for j in range(r):
+            if not mask[i, j]:
+                per_ref.append(None)
+                continue
+            key = keys[i][j] if keys is not None and cache is not None else None
+            found = cache.get(key) if key is not None else None
+            if found is None:
+                found = model.branch_input(refs[i, j][None])[0]
+                if key is not None:
+                    cache.put(key, found)
+            per_ref.append(found)
+    real = next((t for t in per_ref if t is not None), None)
+    if real is None:
+        lat = refs.shape[-1] // model_factors(model)[1]
+        return refs.new_zeros(b, r, model.vqvae.config.latent_channels + 3, lat, lat)
+    stacked = torch.stack([t if t is not None else torch.zeros_like(real) for t in per_ref])
+    return stacked.unflatten(0, (b, r))
+
+
+def _reference_context(model, refs, ref_mask, keys=None, cache=None):
+    """The keys/values of ``refs`` for ``model`` (:func:`reference_inputs`, then E_Ref)."""
+    return model.encode_references(inputs=reference_inputs(model, refs, ref_mask, keys, cache), mask=ref_mask)
+
+
+def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSettings, ref_context=None, lr_latents=None):
     """Steps 2-3: contexts and ``eps_fn(x, t)``. The reference keys/values are computed once
     per image (or given: ``ref_context``), the LR contexts once per tile (see
-    :func:`_lr_context_fn`); with ``cache_context`` off, both at every step."""
+    :func:`_lr_context_fn`; ``lr_latents`` as there); with ``cache_context`` off, both at
+    every step."""
     has_refs = ref_context is not None or (refs is not None and bool(ref_mask.any()))
     use_refs = getattr(model, "kind", "ldm") == "ldm-ca" and has_refs
     tiles = canvas.tiles or [None]
     if use_refs:
-        lr_context = _lr_context_fn(model, canvas, settings)
+        lr_context = _lr_context_fn(model, canvas, settings, lr_latents)
         ref_cached = ref_context
         if ref_cached is None and settings.cache_context:
-            ref_cached = model.encode_references(refs, ref_mask)
+            ref_cached = _reference_context(model, refs, ref_mask)
 
     def predict(x, t, idx):
         n = len(idx)
@@ -279,7 +362,7 @@ def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSetting
         lr_ctx = ref_ctx = None
         if use_refs:
             lr_ctx = tree_cat([lr_context(k) for k in idx])
-            ref_ctx = tree_repeat(ref_cached if ref_cached is not None else model.encode_references(refs, ref_mask), n)
+            ref_ctx = tree_repeat(ref_cached if ref_cached is not None else _reference_context(model, refs, ref_mask), n)
         return model(x, t.reshape(1).expand(n), lr, lr_context=lr_ctx, ref_context=ref_ctx).float()
 
     if canvas.tiles is None:
@@ -305,15 +388,23 @@ def _latent_weights(canvas: _Canvas, settings: SampleSettings) -> list:
     return blend_weights(canvas.tiles, canvas.latent[1], canvas.latent[2], _ramp(settings, canvas), device=canvas.lr.device)
 
 
-def _encode_lr_up(model, canvas: _Canvas, settings: SampleSettings):
+def _encode_lr_up(model, canvas: _Canvas, settings: SampleSettings, latents: dict | None = None):
     """The latent of the bicubic-upsampled LR (for ``start_strength < 1``), tiled with the
-    latent grid (blended in latent pixels) if tiled: (1, C, h, w) float32."""
+    latent grid (blended in latent pixels) if tiled: (1, C, h, w) float32. ``latents``, if
+    given, receives each tile's own latent (tile 0 when untiled), for E_LR to reuse."""
     import torch
 
+    latents = {} if latents is None else latents
     if canvas.tiles is None:
-        return model.encode(canvas.lr_up).float()
+        latents[0] = model.encode(canvas.lr_up)
+        return latents[0].float()
     weights = _latent_weights(canvas, settings)
-    fn = lambda idx: model.encode(torch.cat([_lr_tile(canvas, canvas.tiles[k])[1] for k in idx]))  # noqa: E731
+
+    def fn(idx):
+        z = model.encode(torch.cat([_lr_tile(canvas, canvas.tiles[k])[1] for k in idx]))
+        latents.update({k: z[j : j + 1] for j, k in enumerate(idx)})
+        return z
+
     return blend_tiles(fn, (1, *canvas.latent), canvas.tiles, weights, settings.batch_size, device=canvas.lr.device)
 
 
@@ -330,11 +421,13 @@ def _decode(model, x, canvas: _Canvas, settings: SampleSettings):
     return blend_tiles(fn, (x.shape[0], 3, h, w), hr_tiles, weights, settings.batch_size, device=x.device)
 
 
-def encode_references(model, refs, ref_mask=None, settings: SampleSettings | None = None):
+def encode_references(model, refs, ref_mask=None, settings: SampleSettings | None = None, keys=None,
+                      cache: ReferenceInputCache | None = None):
     """``refs`` (1, R, 3, S, S) in [-1, 1] encoded for ``model`` as :func:`restore_tensor` does
     (no grad, the settings' precision): the per-level keys/values that ``restore_tensor(...,
     ref_context=...)`` takes, so images sharing their references (``refsr sample --refs``)
-    encode them once. None for a model without a reference branch."""
+    encode them once. ``keys`` and ``cache``: see :func:`reference_inputs` (fragments that
+    several images share are VQ-encoded once). None for a model without a reference branch."""
     import torch
 
     settings = settings or SampleSettings()
@@ -342,7 +435,7 @@ def encode_references(model, refs, ref_mask=None, settings: SampleSettings | Non
     if getattr(model, "kind", "ldm") != "ldm-ca":
         return None
     with torch.no_grad(), autocast_for(device, settings.precision):
-        return model.encode_references(refs, ref_mask)
+        return _reference_context(model, refs, ref_mask, keys, cache)
 
 
 def restore_tensor(
@@ -387,9 +480,10 @@ def restore_tensor(
         canvas = _plan(model, lr.float(), settings, force_tiles)
         gen_device = generator.device if generator is not None else "cpu"
         noise = torch.randn((1, *canvas.latent), generator=generator, device=gen_device, dtype=torch.float32).to(device)
-        init = _encode_lr_up(model, canvas, settings) if settings.start_strength < 1.0 else None
+        lr_latents: dict = {}  # the upsampled LR's latents, encoded once for both uses
+        init = _encode_lr_up(model, canvas, settings, lr_latents) if settings.start_strength < 1.0 else None
         # 3. contexts and noise prediction; 4. the sampler's loop
-        eps_fn = _make_eps_fn(model, canvas, refs, ref_mask, settings, ref_context)
+        eps_fn = _make_eps_fn(model, canvas, refs, ref_mask, settings, ref_context, lr_latents)
         scheduler = make_scheduler(settings.sampler, model.scheduler_config)
         x = denoise(eps_fn, noise, scheduler, settings.steps, settings.eta, generator, callback, disable,
                     init_latents=init, strength=settings.start_strength)

@@ -26,7 +26,7 @@ from ..errors import InputError, RefSRError
 from ..io import (Image, image_to_tensor, list_images, parse_shard, read_image, read_json, read_pair_manifest,
                   safe_name, select_shard, write_json, write_like)
 from ..progress import progress
-from .core import SampleSettings, encode_references, resolve_settings, restore_tensor
+from .core import ReferenceInputCache, SampleSettings, encode_references, resolve_settings, restore_tensor
 from .references import Fragment, MatchTable, load_global_refs, load_match_refs
 
 log = logging.getLogger(__name__)
@@ -404,20 +404,28 @@ class _References:
         self.use = model.kind == "ldm-ca"
         self.unmatched: list[str] = []
         self._shared = None
+        self.cache = ReferenceInputCache()
         if not self.use and (refs or matches):
             warnings.append("model kind 'ldm' has no reference branch: the references are ignored")
         if self.use and not (refs or matches):
             warnings.append("model kind 'ldm-ca' given no references (--refs/--matches): the branch adds nothing")
 
-    def shared_context(self, model, settings: SampleSettings, device):
-        """The encoded ``--refs`` when every input gets them and nothing else (no ``--matches``):
-        computed on first use, then reused for every image (the same values as encoding them
-        per image). None otherwise."""
-        if not self.use or self.table is not None or not self.global_refs:
+    def context(self, model, frags: list[Fragment], settings: SampleSettings, device):
+        """The encoded ``frags`` of one input (None for none). A fragment (file and box) that an
+        earlier input of the run had is not VQ-encoded again (:class:`ReferenceInputCache`),
+        and ``--refs`` without ``--matches`` are encoded once for the run; either way the
+        values are those of encoding the input's fragments alone."""
+        if not self.use or not frags:
             return None
-        if self._shared is None:
-            self._shared = encode_references(model, _refs_tensor(self.global_refs, device), settings=settings)
-        return self._shared
+        if self.table is None:
+            if self._shared is None:
+                self._shared = self._encode(model, frags, settings, device)
+            return self._shared
+        return self._encode(model, frags, settings, device)
+
+    def _encode(self, model, frags, settings, device):
+        keys = [[(str(Path(f.path).resolve()), tuple(int(v) for v in f.box)) for f in frags]]
+        return encode_references(model, _refs_tensor(frags, device), settings=settings, keys=keys, cache=self.cache)
 
     def for_item(self, item: InputItem) -> list[Fragment]:
         if not self.use:
@@ -430,18 +438,17 @@ class _References:
         return self.global_refs + load_match_refs(record, self.size, self.max_refs)
 
 
-def _restore_one(model, item: InputItem, image: Image, frags, settings, seed, device, outscale, ref_context=None):
-    """Restore one decoded image (its ``frags``, or ``ref_context``: the same fragments encoded
-    once for all images); returns (H', W', 3) float32 in [0, 1]."""
+def _restore_one(model, item: InputItem, image: Image, settings, seed, device, outscale, ref_context=None):
+    """Restore one decoded image with its encoded fragments ``ref_context`` (None: none);
+    returns (H', W', 3) float32 in [0, 1]."""
     import torch
 
     from ..seeding import torch_generator_for
 
     generator = torch_generator_for(seed, item.path.stem)
     lr = image_to_tensor(image.rgb, (-1, 1), device, batch=True)
-    refs = _refs_tensor(frags, device) if ref_context is None else None
     try:
-        out = restore_tensor(model, lr, refs, settings=settings, generator=generator, ref_context=ref_context)
+        out = restore_tensor(model, lr, settings=settings, generator=generator, ref_context=ref_context)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise RefSRError(
@@ -517,8 +524,8 @@ def sample_files(
             check_output_size(item.path, (image.height, image.width), model.scale, outscale)
             plan_memory(item.path, (image.height, image.width), model.scale, outscale, settings, device)
             frags = chooser.for_item(item)
-            rgb = _restore_one(model, item, image, frags, settings, seed, device, outscale,
-                               chooser.shared_context(model, settings, device))
+            rgb = _restore_one(model, item, image, settings, seed, device, outscale,
+                               chooser.context(model, frags, settings, device))
             write_like(out_path, rgb, image)
             summary.written.append(out_path)
             run_log.add(out_path.name, {
