@@ -107,4 +107,7 @@ def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta,
         warn(message)
     if summary.skipped:
         report(f"skipped {len(summary.skipped)} existing output(s) (use --overwrite to redo them)")
+    if summary.fragments_encoded:
+        report(f"reference fragments: {summary.fragments_encoded} encoded, {summary.fragments_reused} reused "
+               f"(the same file and box as an earlier input's)")
     report(f"wrote {len(summary.written)} image(s) to {out_dir} in {summary.seconds:.1f} s; settings in {summary.run_json}")

@@ -51,6 +51,8 @@ class SampleSummary:
     run_json: Path | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    fragments_encoded: int = 0  # reference fragments VQ-encoded by this run
+    fragments_reused: int = 0  # fragments an earlier input of the run had (encoded once)
 
 
 def collect_inputs(inputs) -> list[InputItem]:
@@ -544,5 +546,6 @@ def sample_files(
     if chooser.unmatched:
         summary.warnings.append(f"{len(chooser.unmatched)} input(s) have no record in {matches} and ran without "
                                 f"references: {', '.join(chooser.unmatched[:5])}")
+    summary.fragments_encoded, summary.fragments_reused = chooser.cache.misses, chooser.cache.hits
     summary.seconds = time.perf_counter() - start
     return summary
