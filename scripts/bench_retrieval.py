@@ -13,7 +13,7 @@ Prints figures and the machine. Synthetic data only (no pretrained weights neede
     python scripts/bench_retrieval.py [--n 200000] [--full] [--queries 1000] [--device cpu]
     python scripts/bench_retrieval.py --full --skip clip match --M 32 --ef-construction 400 --ef 128,256,512
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python scripts/bench_retrieval.py --full --skip clip match --M 32 \
-        --ef 512,512,512 --cache /tmp/bench1m   # huge pages; the index built once, then reloaded
+        --ef-construction 400 --ef 224,224,224 --cache /tmp/bench1m   # the 1M target; built once, then reloaded
 """
 
 from __future__ import annotations
