@@ -248,10 +248,15 @@ def test_a_fragment_shared_by_inputs_is_vq_encoded_once_with_the_same_outputs(tm
         return original(images, latents)
 
     monkeypatch.setattr(ca_model, "branch_input", counted)
+    import refsr.sample.references as references
+
+    reads, read = [], references._read_reference
+    monkeypatch.setattr(references, "_read_reference", lambda path: reads.append(path) or read(path))
     summary = sample_files([tmp_path / "lr"], tmp_path / "all", model=ca_model, matches=tmp_path / "matches.jsonl",
                            settings=FAST, device="cpu")
     assert len(encoded) == 3  # a, b, c: not 5
     assert (summary.fragments_encoded, summary.fragments_reused) == (3, 2)
+    assert len(reads) == 2  # p1 reads both.png once for two boxes, p2 not at all (b is encoded), p3 once for c
     for stem in ("p1", "p2", "p3"):
         sample_files([tmp_path / "lr" / f"{stem}.png"], tmp_path / stem, model=ca_model,
                      matches=tmp_path / "matches.jsonl", settings=FAST, device="cpu")

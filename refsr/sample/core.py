@@ -283,6 +283,9 @@ class ReferenceInputCache:
         self.items: OrderedDict = OrderedDict()
         self.bytes = self.hits = self.misses = 0
 
+    def __contains__(self, key) -> bool:
+        return key in self.items
+
     def get(self, key):
         found = self.items.get(key)
         if found is not None:
@@ -316,19 +319,16 @@ def reference_inputs(model, refs, ref_mask=None, keys=None, cache: ReferenceInpu
 
     b, r = refs.shape[:2]
     mask = torch.ones(b, r, dtype=torch.bool) if ref_mask is None else ref_mask.cpu()
-    per_ref = []
-    for i in range(b):
-        for j in range(r):
-            if not mask[i, j]:
-                per_ref.append(None)
-                continue
-            key = keys[i][j] if keys is not None and cache is not None else None
-            found = cache.get(key) if key is not None else None
-            if found is None:
-                found = model.branch_input(refs[i, j][None])[0]
-                if key is not None:
-                    cache.put(key, found)
-            per_ref.append(found)
+    real = [(i, j) for i in range(b) for j in range(r) if mask[i, j]]
+    use_cache = keys is not None and cache is not None
+    # every hit first, then the misses: a miss's insertion may evict, but never a hit of this call
+    found = {ij: cache.get(keys[ij[0]][ij[1]]) for ij in real} if use_cache else {}
+    for i, j in real:
+        if found.get((i, j)) is None:
+            found[i, j] = model.branch_input(refs[i, j][None])[0]
+            if use_cache:
+                cache.put(keys[i][j], found[i, j])
+    per_ref = [found.get((i, j)) for i in range(b) for j in range(r)]
     real = next((t for t in per_ref if t is not None), None)
     if real is None:
         lat = refs.shape[-1] // model_factors(model)[1]

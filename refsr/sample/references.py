@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class Fragment:
     """One reference fragment: pixels and where they came from (for ``run.json``)."""
 
-    pixels: np.ndarray  # (S, S, 3) float32 in [0, 1]
+    pixels: np.ndarray | None  # (S, S, 3) float32 in [0, 1]; None: not cut (already encoded)
     path: Path
     box: list[int]  # [x, y, w, h] in the reference image
     score: float | None = None
@@ -133,8 +133,12 @@ class MatchTable:
         return found
 
 
-def load_match_refs(record: dict | None, size: int, max_refs: int | None = None) -> list[Fragment]:
+def load_match_refs(record: dict | None, size: int, max_refs: int | None = None, encoded=None) -> list[Fragment]:
     """Fragments of one match record: each ``box`` cropped from its image, resized.
+
+    Each reference file is read once however many of the record's boxes it holds.
+    ``encoded(path, box) -> bool``: a fragment it names is not cut (``pixels`` None: the
+    caller keeps its encoding), and a file whose fragments all are is not read at all.
 
     Raises:
         InputError: a reference image that is missing or unreadable, or a bad box, naming it.
@@ -142,9 +146,14 @@ def load_match_refs(record: dict | None, size: int, max_refs: int | None = None)
     if record is None:
         return []
     refs = record["refs"][:max_refs] if max_refs is not None else record["refs"]
+    images: dict[Path, np.ndarray] = {}
     frags = []
     for ref in refs:
-        path = Path(ref["abs_path"])
-        rgb = _read_reference(path)
-        frags.append(Fragment(cut_fragment(rgb, ref["box"], size, path), path, list(ref["box"]), ref.get("score")))
+        path, box = Path(ref["abs_path"]), list(ref["box"])
+        pixels = None
+        if encoded is None or not encoded(path, box):
+            if path not in images:
+                images[path] = _read_reference(path)
+            pixels = cut_fragment(images[path], box, size, path)
+        frags.append(Fragment(pixels, path, box, ref.get("score")))
     return frags

@@ -95,13 +95,16 @@ def output_paths(items: list[InputItem], out_dir: Path, suffix: str) -> list[Pat
     return outs
 
 
-def _refs_tensor(frags: list[Fragment], device):
-    """Fragments -> (1, R, 3, S, S) float32 in [-1, 1], or None for no fragments."""
+def _refs_tensor(frags: list[Fragment], device, size: int | None = None):
+    """Fragments -> (1, R, 3, S, S) float32 in [-1, 1], or None for no fragments; a fragment
+    without pixels (already encoded) is zeros of ``size``."""
     import torch
 
     if not frags:
         return None
-    return torch.stack([image_to_tensor(f.pixels, (-1, 1), device) for f in frags])[None]
+    blank = lambda: torch.zeros(3, size, size, device=device)  # noqa: E731
+    return torch.stack([image_to_tensor(f.pixels, (-1, 1), device) if f.pixels is not None else blank()
+                        for f in frags])[None]
 
 
 def outscale_image(rgb: np.ndarray, lr_size: tuple[int, int], outscale: float | None) -> np.ndarray:
@@ -425,9 +428,16 @@ class _References:
             return self._shared
         return self._encode(model, frags, settings, device)
 
+    @staticmethod
+    def _key(path, box) -> tuple:
+        return str(Path(path).resolve()), tuple(int(v) for v in box)
+
     def _encode(self, model, frags, settings, device):
-        keys = [[(str(Path(f.path).resolve()), tuple(int(v) for v in f.box)) for f in frags]]
-        return encode_references(model, _refs_tensor(frags, device), settings=settings, keys=keys, cache=self.cache)
+        keys = [[self._key(f.path, f.box) for f in frags]]
+        # a fragment left uncut (its encoding was kept, see for_item) is served by the cache
+        assert all(f.pixels is not None or k in self.cache for f, k in zip(frags, keys[0]))
+        return encode_references(model, _refs_tensor(frags, device, model.ref_size), settings=settings, keys=keys,
+                                 cache=self.cache)
 
     def for_item(self, item: InputItem) -> list[Fragment]:
         if not self.use:
@@ -437,7 +447,8 @@ class _References:
         record = self.table.lookup(item.path, item.pair_id)
         if record is None:
             self.unmatched.append(str(item.path))
-        return self.global_refs + load_match_refs(record, self.size, self.max_refs)
+        return self.global_refs + load_match_refs(record, self.size, self.max_refs,
+                                                  encoded=lambda path, box: self._key(path, box) in self.cache)
 
 
 def _restore_one(model, item: InputItem, image: Image, settings, seed, device, outscale, ref_context=None):
