@@ -319,11 +319,11 @@ def reference_inputs(model, refs, ref_mask=None, keys=None, cache: ReferenceInpu
 
     b, r = refs.shape[:2]
     mask = torch.ones(b, r, dtype=torch.bool) if ref_mask is None else ref_mask.cpu()
-    real = [(i, j) for i in range(b) for j in range(r) if mask[i, j]]
+    positions = [(i, j) for i in range(b) for j in range(r) if mask[i, j]]
     use_cache = keys is not None and cache is not None
     # every hit first, then the misses: a miss's insertion may evict, but never a hit of this call
-    found = {ij: cache.get(keys[ij[0]][ij[1]]) for ij in real} if use_cache else {}
-    for i, j in real:
+    found = {(i, j): cache.get(keys[i][j]) for i, j in positions} if use_cache else {}
+    for i, j in positions:
         if found.get((i, j)) is None:
             found[i, j] = model.branch_input(refs[i, j][None])[0]
             if use_cache:
