@@ -123,6 +123,23 @@ def test_graph_settings_fixed_at_creation_ef_search_changeable(refs, tmp_path):
     assert meta["hnsw"] == {"M": 16, "ef_construction": 200} and meta["ef_search"] == 256
 
 
+def test_a_large_index_without_huge_pages_says_how_to_get_them(refs, tmp_path, monkeypatch, caplog):
+    index_refs([refs], tmp_path / "idx", SPEC)
+    monkeypatch.setattr(index_mod, "HUGE_PAGES_HINT_AT", 4)  # this index counts as large
+    for tunables, hinted in (("", True), ("glibc.malloc.hugetlb=1", False)):
+        monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="refsr"):
+            open_index(tmp_path / "idx")
+        assert any("GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in r.getMessage() for r in caplog.records) is hinted
+    monkeypatch.setattr(index_mod, "HUGE_PAGES_HINT_AT", 5)  # one more than it holds: quiet
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="refsr"):
+        open_index(tmp_path / "idx")
+    assert not any("huge pages" in r.getMessage() for r in caplog.records)
+
+
 def test_exact_duplicate_is_top1(refs, tmp_path):
     from refsr.io import read_rgb
 
