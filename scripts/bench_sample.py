@@ -187,8 +187,10 @@ def breakdown(ca, size: int, n_refs: int, repeats: int = 3) -> None:
     device = next(ca.parameters()).device
     refs = torch.rand(1, n_refs, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1
     lr = torch.rand(1, 3, size, size, device=device) * 2 - 1
-    lr_up = torch.nn.functional.interpolate(lr, scale_factor=ca.scale, mode="bicubic")
+    from refsr.models.ldm import upsample_lr
     from refsr.sample.core import reference_inputs
+
+    lr_up = upsample_lr(lr, ca.scale)
 
     def best(fn):
         fn()

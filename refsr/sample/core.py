@@ -328,13 +328,11 @@ def reference_inputs(model, refs, ref_mask=None, keys=None, cache: ReferenceInpu
             found[i, j] = model.branch_input(refs[i, j][None])[0]
             if use_cache:
                 cache.put(keys[i][j], found[i, j])
-    per_ref = [found.get((i, j)) for i in range(b) for j in range(r)]
-    real = next((t for t in per_ref if t is not None), None)
-    if real is None:
-        lat = refs.shape[-1] // model_factors(model)[1]
-        return refs.new_zeros(b, r, model.vqvae.config.latent_channels + 3, lat, lat)
-    stacked = torch.stack([t if t is not None else torch.zeros_like(real) for t in per_ref])
-    return stacked.unflatten(0, (b, r))
+    lat = refs.shape[-1] // model_factors(model)[1]
+    inputs = refs.new_zeros(b, r, model.vqvae.config.latent_channels + 3, lat, lat)
+    for i, j in positions:
+        inputs[i, j] = found[i, j]
+    return inputs
 
 
 def _reference_context(model, refs, ref_mask, keys=None, cache=None):
