@@ -29,9 +29,12 @@ from .common import StageCommand, device_option, report, seed_option, warn
 @click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Where the reverse process starts, as `refsr sample --start-strength` (default: the model's "
               "recommended value, 0.5 for the shipped model; 1 = from pure noise).")
+@click.option("--draws", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Mean of K draws of the start noise, as `refsr sample --draws` (default: the model's "
+              "recommended value, else 1).")
 @seed_option
 @device_option
-def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, seed, device):
+def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, draws, seed, device):
     """Run the whole refsr chain on real photos that ship with scikit-image.
 
     Target: the left view of scikit-image's stereo motorcycle. References: its right view
@@ -54,7 +57,7 @@ def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start
 
     result = run_demo(out_dir, model=model, crop=crop, steps=steps, seed=seed, device=device,
                       clip_pretrained=None if clip_pretrained == "none" else clip_pretrained, matcher=matcher,
-                      color_fix=color_fix, start_strength=start_strength)
+                      color_fix=color_fix, start_strength=start_strength, draws=draws)
     for note in result.notes:
         warn(note)
     report(result.table)

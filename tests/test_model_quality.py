@@ -336,6 +336,77 @@ def test_start_strength_is_recorded_in_run_json(tmp_path, coffee):
 
 
 # ---------------------------------------------------------------------------------------
+# Sampling: --draws
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile", [0, 8])
+def test_k_draws_decode_the_mean_of_k_one_draw_latents(coffee, monkeypatch, tile):
+    """draws = K: K passes of the sampler, the first from a one-draw run's noise, the next from
+    the noise the generator gives after it; the mean of their denoised latents is decoded."""
+    import refsr.sample.core as core
+    from refsr.sample import SampleSettings, restore_tensor
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config("tiny", kind="ldm").eval()
+    lr = torch.from_numpy(cv2.resize(coffee, (16, 12), interpolation=cv2.INTER_AREA).transpose(2, 0, 1).copy())[None] * 2 - 1
+    finals, decoded, decode = [], [], core._decode
+    monkeypatch.setattr(core, "_decode", lambda m, x, *a: decoded.append(x) or decode(m, x, *a))
+
+    def run(draws, generator):  # -> output, each pass's denoised latent, the latent decoded
+        finals.clear(), decoded.clear()
+        s = SampleSettings(steps=4, start_strength=0.5, draws=draws, tile=tile, tile_overlap=2)
+        last = lambda step: step["i"] == 1 and finals.append(step["x"])  # noqa: E731  (4 steps from 0.5: 2 passes)
+        out = restore_tensor(model, lr, settings=s, generator=generator, callback=last, disable=True)
+        return out, list(finals), decoded[0]
+
+    one, (a,), _ = run(1, torch.Generator().manual_seed(5))
+    assert torch.equal(one, run(None, torch.Generator().manual_seed(5))[0])  # a model's default: one draw
+    g = torch.Generator().manual_seed(5)
+    torch.randn(a.shape, generator=g)  # the first draw's noise: g now gives the second's
+    second, (b,), _ = run(1, g)
+    mean, (a2, b2), x = run(2, torch.Generator().manual_seed(5))
+    assert torch.equal(a2, a) and torch.equal(b2, b) and not torch.allclose(a, b, atol=1e-3)
+    assert torch.allclose(x, (a + b) / 2, atol=1e-6)
+    assert not torch.allclose(mean, one, atol=1e-3) and not torch.allclose(mean, second, atol=1e-3)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5"])
+def test_draws_below_1_or_fractional_are_a_usage_error(tmp_path, coffee, value):
+    from refsr.sample import SampleSettings
+
+    write_image(tmp_path / "lr.png", cv2.resize(coffee, (16, 16), interpolation=cv2.INTER_AREA))
+    result = CliRunner().invoke(cli, ["-q", "sample", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"),
+                                      "--draws", value])
+    assert result.exit_code == 2 and "--draws" in result.output
+    with pytest.raises(ValueError, match="draws must be an integer >= 1, got 0"):
+        SampleSettings(draws=0).check()
+
+
+def test_draws_default_to_the_models_recommendation_and_are_recorded(tmp_path, coffee):
+    from refsr.sample import SampleSettings
+    from refsr.sample.core import resolve_settings
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm").eval()
+    model.recipe = {"recommended_draws": 3, "recommended_steps": 2}
+    assert resolve_settings(model, SampleSettings()).draws == 3
+    assert resolve_settings(model, SampleSettings(draws=1)).draws == 1
+    model.save_pretrained(tmp_path / "m")
+    write_image(tmp_path / "lr.png", cv2.resize(coffee, (16, 16), interpolation=cv2.INTER_AREA))
+    args = ["-q", "sample", str(tmp_path / "lr.png"), "--model", str(tmp_path / "m"), "--device", "cpu", "-o"]
+    for out, extra, draws in (("a", [], 3), ("b", ["--draws", "2"], 2)):
+        r = CliRunner().invoke(cli, args + [str(tmp_path / out), *extra])
+        assert r.exit_code == 0, r.output
+        assert read_json(tmp_path / out / "run.json")["draws"] == draws
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "a"), "--draws", "1"])  # other settings than a's outputs
+    assert r.exit_code == 1 and "draws 3 -> 1" in r.output
+    model.recipe = {"recommended_draws": 0}
+    with pytest.raises(ValueError, match="draws must be an integer >= 1"):
+        resolve_settings(model, SampleSettings())
+
+
+# ---------------------------------------------------------------------------------------
 # One fragment function for training and sampling
 # ---------------------------------------------------------------------------------------
 
@@ -454,9 +525,9 @@ def test_steps_and_colour_fix_default_to_the_models_recommendation(tmp_path, cof
     torch.manual_seed(0)
     model = RefSRModel.from_config(MICRO, kind="ldm").eval()
     plain = resolve_settings(model, SampleSettings())
-    assert (plain.steps, plain.color_fix, plain.start_strength) == (50, "none", 1.0)
+    assert (plain.steps, plain.color_fix, plain.start_strength, plain.draws) == (50, "none", 1.0, 1)
     model.recipe = {"recommended_steps": 3, "recommended_color_fix": "adain", "recommended_start_strength": 0.5}
-    assert recommended_settings(model) == {"steps": 3, "color_fix": "adain", "start_strength": 0.5}
+    assert recommended_settings(model) == {"steps": 3, "color_fix": "adain", "start_strength": 0.5, "draws": 1}
     told = resolve_settings(model, SampleSettings(steps=2, color_fix="none"))
     assert (told.steps, told.color_fix, told.start_strength) == (2, "none", 0.5)
     model.save_pretrained(tmp_path / "m")
