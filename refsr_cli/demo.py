@@ -30,8 +30,8 @@ from .common import StageCommand, device_option, report, seed_option, warn
               help="Where the reverse process starts, as `refsr sample --start-strength` (default: the model's "
               "recommended value, 0.5 for the shipped model; 1 = from pure noise).")
 @click.option("--draws", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Mean of K draws of the start noise, as `refsr sample --draws` (default: the model's "
-              "recommended value, else 1).")
+              help="Mean of K draws of the start noise, as `refsr sample --draws` (default: the model's recommended "
+              "value, 4 for the shipped model, else 1).")
 @seed_option
 @device_option
 def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, draws, seed, device):
