@@ -31,6 +31,7 @@
 #   AE_HOLDOUT [0.05] DECODE [continuous: the decoder learns the encoder's continuous latents; on the
 #   shipped VQ, 250 decoder-only steps took held-out PSNR from 17.9 (quantised) to 23.6 dB] SAMPLE_STEPS [20] START_STRENGTH [0.5]
 #   START_STEPS [4: with START_STRENGTH 0.5 one DDIM jump from t = 250, the best PSNR on the validation birds in run 5]
+#   START_DRAWS [4: the mean of 4 draws of the noise, the shipped model's choice on the validation birds in run 6]
 #   METRICS [psnr,ssim,niqe]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json] CLIP_PRETRAINED [none]
 #   MATCHER [shipped] BUDGET_MB [20] DATA [../shared/data] REFSR [refsr] PYTHON [python3]
@@ -41,7 +42,7 @@ RESULTS=${RESULTS:-${OUT:-$WORK/results}}
 DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}; BATCH=${BATCH:-64}; WORKERS=${WORKERS:-12}; CROP=${CROP:-224}
 AE_STEPS=${AE_STEPS:-4000}; AE_MAX_MINUTES=${AE_MAX_MINUTES:-2.5}; AE_HOLDOUT=${AE_HOLDOUT:-0.05}; DECODE=${DECODE:-continuous}
 STEPS=${STEPS:-2500}; MAX_MINUTES=${MAX_MINUTES:-4}; PREDICTION=${PREDICTION:-v_prediction}; MIN_SNR=${MIN_SNR:-5}
-SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; METRICS=${METRICS:-psnr,ssim,niqe}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -112,7 +113,7 @@ if has eval; then
   sample --model "$WORK/runs/ldm-ca/model" "$T" -o "$R/ldm-ca_norefs" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" -o "$R/ldm-ca" &
   $REFSR -q sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" --seed "$SEED" \
-      --device "$DEVICE" --start-strength "$START_STRENGTH" --steps "$START_STEPS" --color-fix wavelet \
+      --device "$DEVICE" --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" --color-fix wavelet \
       -o "$R/ldm-ca_s$START_STRENGTH" &
   sample --model "$WORK/runs/ldm-ca/model" "$G" --matches "$WORK/matches_test_general.jsonl" -o "$R/general_ldm-ca" &
   $PYTHON -c "from refsr.demo import bicubic_baseline as b; b('$T', '$R/bicubic'); b('$G', '$R/general_bicubic')"
@@ -124,7 +125,7 @@ if has eval; then
   { echo "# test birds (${SAMPLE_STEPS} DDIM steps); $fair"
     $REFSR evaluate --compare "$e/report_bicubic.json" "$e/report_autoencoder.json" "$e/report_ldm.json" \
         "$e/report_ldm-ca_norefs.json" "$e/report_ldm-ca.json" "$e/report_ldm-ca_s$START_STRENGTH.json" \
-        --names "Bicubic,Autoencoder ceiling,LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; wavelet)"
+        --names "Bicubic,Autoencoder ceiling,LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; wavelet)"
     echo "# test general photos"
     $REFSR evaluate --compare "$e/report_general_bicubic.json" "$e/report_general_ldm-ca.json" --names "Bicubic,LDM+CA"
   } | tee "$e/table.txt"
