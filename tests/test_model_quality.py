@@ -401,6 +401,11 @@ def test_draws_default_to_the_models_recommendation_and_are_recorded(tmp_path, c
         assert read_json(tmp_path / out / "run.json")["draws"] == draws
     r = CliRunner().invoke(cli, args + [str(tmp_path / "a"), "--draws", "1"])  # other settings than a's outputs
     assert r.exit_code == 1 and "draws 3 -> 1" in r.output
+    run = read_json(tmp_path / "b" / "run.json")  # a folder sampled before draws existed: one draw each
+    del run["draws"]
+    (tmp_path / "b" / "run.json").write_text(json.dumps(run))
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "b")])
+    assert r.exit_code == 1 and "draws 1 -> 3" in r.output
     model.recipe = {"recommended_draws": 0}
     with pytest.raises(ValueError, match="draws must be an integer >= 1"):
         resolve_settings(model, SampleSettings())

@@ -197,9 +197,16 @@ IGNORED_SETTINGS = ("device",)  # may differ between shards and reruns (same byt
 DERIVED_SETTINGS = ("timesteps",)  # follow from sampler, steps and start_strength: named through them
 
 
+# Settings that run.json files written before they existed do not record, with the value
+# those runs used: such a folder's outputs were made with it.
+LATER_SETTINGS = {"draws": 1}
+
+
 def _changed(old: dict, new: dict) -> list[str]:
-    """Settings that differ between two runs (keys both record, except ``device`` and the derived ``timesteps``)."""
+    """Settings that differ between two runs (keys both record, or :data:`LATER_SETTINGS` that
+    ``old`` predates; except ``device`` and the derived ``timesteps``)."""
     skip = IGNORED_SETTINGS + DERIVED_SETTINGS
+    old = {**LATER_SETTINGS, **old}
     return sorted(k for k in new if k in old and k not in skip and old[k] != new[k])
 
 
@@ -370,7 +377,8 @@ def check_run_settings(out_dir: Path, settings: dict, overwrite: bool) -> None:
             if logged is not None:
                 earlier.append(logged)
     for old in earlier:
-        changed = _changed({k: v for k, v in old.items() if k not in ("images", "format")}, settings)
+        old = {**LATER_SETTINGS, **{k: v for k, v in old.items() if k not in ("images", "format")}}
+        changed = _changed(old, settings)
         if changed:
             what = ", ".join(f"{k} {old[k]!r} -> {settings[k]!r}" for k in changed[:4])
             raise InputError(f"{out_dir}: holds outputs made with other settings ({what}); pass --overwrite to "
