@@ -4,7 +4,8 @@
 Writes OUT/<id>_sr.png, the VQ autoencoder's reconstruction of the ground truth (with the
 decoding its ``refsr_latent.json`` chose), so that ``refsr evaluate --pred OUT --gt
 MANIFEST`` scores it with the same conventions as every restoration: no diffusion model
-can do better than this row.
+can do better than this row. A refsr model folder (model_index.json) decodes as the model
+does (its decode_quantized); a VQ or run folder as its refsr_latent.json says.
 
     python scripts/experiments/ae_reconstruct.py runs/vq/model pairs_test/manifest.jsonl restored/autoencoder
 """
@@ -30,8 +31,14 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    vq = load_vqvae(args.vqvae).to(args.device).eval()
-    spec = latent_spec_or_default(resolve_vqvae_dir(args.vqvae))
+    if (args.vqvae / "model_index.json").is_file():  # a refsr model folder records its decoding itself
+        from refsr.models import RefSRModel
+
+        model = RefSRModel.from_pretrained(args.vqvae)
+        vq, spec = model.vqvae.float().to(args.device).eval(), model.latent
+    else:
+        vq = load_vqvae(args.vqvae).to(args.device).eval()
+        spec = latent_spec_or_default(resolve_vqvae_dir(args.vqvae))
     f = vq_downsampling(vq)
     for rec in io.read_pair_manifest(args.manifest):
         hr = io.read_rgb(rec["hr_path"])
