@@ -1,8 +1,9 @@
 """Record in a model folder how it should be sampled: ``recipe.recommended_steps``,
 ``recommended_start_strength``, ``recommended_color_fix`` and ``recommended_draws`` in its
 model_index.json, which `refsr sample` and `refsr demo` use when --steps, --start-strength,
---color-fix and --draws are left out (refsr.sample.recommended_settings). Choose them on held-out images that are neither
-training nor test (docs/results.md, run 5: the validation birds).
+--color-fix and --draws are left out (refsr.sample.recommended_settings). Choose them on
+held-out images that are neither training nor test (docs/results.md, runs 5 and 6: the
+validation birds). Only the values given are written; the others stay as they are.
 
     python scripts/experiments/recommend.py refsr/weights/default --steps 4 --start-strength 0.5 \
         --color-fix wavelet --draws 4
