@@ -445,13 +445,13 @@ def encode_references(model, refs, ref_mask=None, settings: SampleSettings | Non
 
 def _mean_denoised(eps_fn, noises, scheduler, settings: SampleSettings, generator, callback, disable, init):
     """Step 4 for each draw of the start noise (the contexts in ``eps_fn`` computed once), then
-    the mean of the denoised latents: the latent itself for one draw."""
+    the mean of the denoised latents (for one draw the latent itself: dividing by 1 is exact)."""
     x = None
     for noise in noises:
         x0 = denoise(eps_fn, noise, scheduler, settings.steps, settings.eta, generator, callback, disable,
                      init_latents=init, strength=settings.start_strength)
         x = x0 if x is None else x + x0
-    return x if len(noises) == 1 else x / len(noises)
+    return x / len(noises)
 
 
 def restore_tensor(

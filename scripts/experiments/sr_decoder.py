@@ -77,9 +77,9 @@ def cmd_train(args) -> None:
     sampled = sorted(k for k in latents if k in hr)
     names = sorted(hr)
     vq = model.vqvae
-    trainable = [p for n, p in vq.named_parameters() if n.split(".")[0] not in ENCODER_PARTS]
     for n, p in vq.named_parameters():
         p.requires_grad_(n.split(".")[0] not in ENCODER_PARTS)
+    trainable = [p for p in vq.parameters() if p.requires_grad]
     ema = copy.deepcopy(vq).requires_grad_(False)
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     f, crop = 4, args.crop
