@@ -264,6 +264,10 @@ def autoencoder(**o):
               help="Train only timesteps below S x T, for a model sampled with --start-strength <= S (from the "
               "noised latent of the upsampled LR; fine-tuning spends every step where sampling starts); recorded "
               "as recipe.max_strength, and `refsr sample` refuses a larger --start-strength.")
+@click.option("--lr-start-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Train this fraction of the samples as --start-strength sampling starts: noised from the "
+              "latent of the bicubic-upsampled LR instead of the HR's (the target still the HR), at timesteps in "
+              "the upper half of the trained range; recorded as recipe.lr_start_fraction.")
 @loop_options()
 def diffusion(**o):
     """Train the diffusion denoiser (kind ldm) or the denoiser with the reference branch
@@ -281,7 +285,8 @@ def diffusion(**o):
           pairs/manifest.jsonl --matches matches.jsonl --init-from ldm-sr-4x/ \\
           --config paper --mixed-precision bf16 -o runs/paper
       refsr train diffusion pairs/manifest.jsonl --matches matches.jsonl \\
-          --init-from runs/ldm-ca/model --max-strength 0.5 --steps 2000 -o runs/ldm-ca-ft
+          --init-from runs/ldm-ca/model --max-strength 0.5 --lr-start-fraction 0.5 \\
+          --steps 2000 -o runs/ldm-ca-ft
     """
     from refsr.models import load_config
     from refsr.train import run_training
@@ -297,7 +302,7 @@ def diffusion(**o):
                            init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
                            ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
                            prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
-                           max_strength=o["max_strength"])
+                           max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"])
     model = run_training(stage, opts)
     if is_main_process():
         report_trained("diffusion", opts, model)

@@ -250,6 +250,52 @@ def test_max_strength_trains_only_the_timesteps_sampling_starts_from(tmp_path, p
         diffusion_mod.max_timestep(0.0, 1000)
 
 
+def test_lr_start_samples_are_noised_from_the_lr_latent_and_regressed_onto_the_hr(tmp_path, pairs_for_diffusion):
+    """--lr-start-fraction P: that fraction of the samples is noised from the latent of the
+    upsampled LR (as `refsr sample --start-strength` starts), in the upper half of the
+    timesteps, with the target noise whose DDIM x0 estimate is the HR latent; the rest as
+    before. The loss equals the same draws done by hand; the folder records P."""
+    from diffusers import DDIMScheduler
+
+    from refsr.models.ldm import upsample_lr
+    from refsr.train.diffusion import DiffusionModule, lr_start_noise
+
+    manifest, matches, vq = pairs_for_diffusion
+    stage = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", vqvae=vq, max_strength=0.5, lr_start_fraction=0.5)
+    module = stage.module()
+    batch = torch.utils.data.default_collate([stage.data[i % 2] for i in range(8)])
+    g = torch.Generator().manual_seed(0)
+    loss, _ = module(batch, g)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        z0 = module.model.encode(batch["hr"])
+        z_lr = module.model.encode(upsample_lr(batch["lr"], module.model.scale))
+        t = torch.randint(0, 500, (8,), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        from_lr = torch.rand(8, generator=g) < 0.5
+        t = torch.where(from_lr, torch.randint(250, 500, (8,), generator=g), t)
+        a = module.alphas_cumprod[t].view(8, 1, 1, 1)
+        start = torch.where(from_lr.view(8, 1, 1, 1), z_lr, z0)
+        noisy = a.sqrt() * start + (1 - a).sqrt() * noise
+        target = lr_start_noise(z0, noisy, a)
+        pred = module.model(noisy, t, batch["lr"])
+        want = (pred - target).pow(2).mean(dim=(1, 2, 3)).mean()
+    assert 0 < int(from_lr.sum()) < 8 and bool((t[from_lr] >= 250).all())
+    assert not torch.allclose(z_lr, z0, atol=1e-3)  # the two starts differ
+    assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
+    # an HR-noised sample's target is its noise; an LR-noised one's leads DDIM to the HR latent
+    assert torch.allclose(target[~from_lr], noise[~from_lr], atol=1e-4)
+    sched = DDIMScheduler(**{k: v for k, v in module.model.scheduler_config.items() if not k.startswith("_")})
+    sched.set_timesteps(50)
+    for i in torch.nonzero(from_lr).flatten().tolist():
+        x0 = sched.step(target[i : i + 1], int(t[i]), noisy[i : i + 1]).pred_original_sample
+        assert torch.allclose(x0, z0[i : i + 1], atol=1e-4)
+    run_training(stage, _ae_opts(tmp_path / "ldm", steps=1))
+    assert read_json(tmp_path / "ldm" / "model" / "model_index.json")["recipe"]["lr_start_fraction"] == 0.5
+    with pytest.raises(ValueError, match="lr start fraction must be in"):
+        DiffusionModule(module.model, lr_start_fraction=1.5)
+
+
 @pytest.fixture
 def pairs_for_diffusion(tmp_path, astronaut, coffee, motorcycle_pair):
     from test_train import make_pairs

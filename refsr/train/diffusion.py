@@ -6,6 +6,15 @@ target of the model's ``prediction_type``: ``eps`` (DDPM, Ho et al. 2020, eq. 14
 ``v = sqrt(a_t) eps - sqrt(1 - a_t) z0`` (Salimans & Ho 2022, Sec. 4; the Stable Diffusion x4
 upscaler). ``w(t) = 1``, or with min-SNR-gamma weighting (Hang et al. 2023, eq. 8)
 ``min(SNR_t, gamma) / SNR_t`` for eps and ``min(SNR_t, gamma) / (SNR_t + 1)`` for v.
+
+Training as sampling starts (``lr_start_fraction`` > 0): ``refsr sample --start-strength``
+begins from the noised latent of the bicubic-upsampled LR, ``z_lr``, not of the HR. That
+fraction of the samples is noised from ``z_lr`` instead, ``x_t = sqrt(a_t) z_lr + sqrt(1 - a_t)
+eps``, with the target of the same ``x_t`` read as a noised HR latent: the noise
+``(x_t - sqrt(a_t) z0) / sqrt(1 - a_t)`` (:func:`lr_start_noise`), so the model's estimate of
+z0 from such an ``x_t`` is regressed onto the HR latent. Those samples draw timesteps from the
+upper half of the range only, where sampling starts (at small t that target noise grows as
+``1 / sqrt(1 - a_t)``).
 """
 
 from __future__ import annotations
@@ -106,6 +115,13 @@ def min_snr_weight(prediction_type: str, alpha_bar: torch.Tensor, gamma: float) 
     return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1)
 
 
+def lr_start_noise(z0: torch.Tensor, noisy: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The noise that makes ``noisy`` a noised ``z0`` at ``alpha_bar``: ``(noisy - sqrt(a) z0) /
+    sqrt(1 - a)`` (DDPM eq. 4 solved for eps), the target noise of a sample noised from another
+    latent (the LR's). ``alpha_bar`` broadcasts against ``z0`` (B, 1, 1, 1)."""
+    return (noisy - alpha_bar.sqrt() * z0) / (1 - alpha_bar).sqrt()
+
+
 def max_timestep(max_strength: float, num_train_timesteps: int) -> int:
     """The number of training timesteps drawn from, ``[0, result)``: ``max_strength x T``
     rounded, at least 1. Sampling with ``--start-strength S`` begins at the timestep DDIM
@@ -122,14 +138,18 @@ class DiffusionModule(nn.Module):
     when LR is degraded on the fly), ``refs`` (B, N, 3, S, S), ``ref_mask`` (B, N) bool.
     ``min_snr_gamma`` > 0 weights the loss per timestep (min-SNR-gamma); ``max_strength`` < 1
     draws timesteps below ``max_strength x T`` only (for models sampled with
-    ``--start-strength <= max_strength``).
+    ``--start-strength <= max_strength``); ``lr_start_fraction`` of the samples are noised from
+    the upsampled LR's latent, at timesteps in the upper half of that range (module docstring).
     """
 
-    def __init__(self, model: RefSRModel, degrade=None, min_snr_gamma: float = 0.0, max_strength: float = 1.0):
+    def __init__(self, model: RefSRModel, degrade=None, min_snr_gamma: float = 0.0, max_strength: float = 1.0,
+                 lr_start_fraction: float = 0.0):
         super().__init__()
         from diffusers import DDPMScheduler
 
-        self.model, self.min_snr_gamma = model, float(min_snr_gamma)
+        if not 0.0 <= lr_start_fraction <= 1.0:
+            raise ValueError(f"lr start fraction must be in [0, 1], got {lr_start_fraction}")
+        self.model, self.min_snr_gamma, self.lr_start_fraction = model, float(min_snr_gamma), float(lr_start_fraction)
         model.vqvae.requires_grad_(False).eval()
         sched = DDPMScheduler(**_scheduler_kwargs(model.scheduler_config))
         self.register_buffer("alphas_cumprod", sched.alphas_cumprod.float().clone(), persistent=False)
@@ -150,9 +170,19 @@ class DiffusionModule(nn.Module):
         b = z0.shape[0]
         t = torch.randint(0, self.max_timestep, (b,), generator=generator, device=z0.device)
         noise = torch.randn(z0.shape, generator=generator, device=z0.device, dtype=z0.dtype)
+        start, z_lr = z0, None
+        if self.lr_start_fraction > 0:  # (drawn only then: runs without it keep their random stream)
+            from_lr = torch.rand(b, generator=generator, device=z0.device) < self.lr_start_fraction
+            upper = torch.randint(self.max_timestep // 2, self.max_timestep, (b,), generator=generator, device=z0.device)
+            t = torch.where(from_lr, upper, t)
+            with torch.no_grad():
+                z_lr = self.model.encode(upsample_lr(lr, self.model.scale))
+            start = torch.where(from_lr.view(b, 1, 1, 1), z_lr, z0)
         a = self.alphas_cumprod[t].view(b, 1, 1, 1).to(z0.dtype)
-        noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        lr_ctx, ref_ctx = self.contexts(lr, batch.get("refs"), batch.get("ref_mask"))
+        noisy = a.sqrt() * start + (1 - a).sqrt() * noise
+        if z_lr is not None:
+            noise = lr_start_noise(z0, noisy, a)
+        lr_ctx, ref_ctx = self.contexts(lr, batch.get("refs"), batch.get("ref_mask"), z_lr)
         pred = self.model(noisy, t, lr, lr_ctx, ref_ctx)
         kind = self.model.prediction_type
         target = diffusion_target(kind, z0.float(), noise.float(), a.float())
@@ -160,11 +190,14 @@ class DiffusionModule(nn.Module):
         loss = (min_snr_weight(kind, a.float().view(b), self.min_snr_gamma) * per_sample).mean()
         return loss, {"refs_per_image": batch["ref_mask"].float().sum(1).mean() if "ref_mask" in batch else loss * 0}
 
-    def contexts(self, lr, refs, mask):
-        """E_LR and E_Ref contexts for ``ldm-ca`` when some image has references, else None."""
+    def contexts(self, lr, refs, mask, lr_latents=None):
+        """E_LR and E_Ref contexts for ``ldm-ca`` when some image has references, else None.
+        ``lr_latents``: the upsampled LR's VQ latents, if already computed (not encoded again)."""
         if self.model.ref_branch is None or refs is None or mask is None or not bool(mask.any()):
             return None, None
-        return self.model.encode_lr(upsample_lr(lr, self.model.scale)), self.model.encode_references(refs, mask)
+        lr_up = upsample_lr(lr, self.model.scale)
+        lr_ctx = self.model.encode_lr(inputs=self.model.branch_input(lr_up, latents=lr_latents))
+        return lr_ctx, self.model.encode_references(refs, mask)
 
 
 class OnTheFlyDegrade:
@@ -194,7 +227,7 @@ class DiffusionStage(Stage):
                  seed: int = 0, max_refs: int | None = None, ref_dropout: float | None = None,
                  degrade_on_the_fly: bool = False, validation_steps: int = 20,
                  prediction_type: str | None = None, min_snr_gamma: float | None = None,
-                 max_strength: float = 1.0):
+                 max_strength: float = 1.0, lr_start_fraction: float = 0.0):
         cfg = load_config(config)
         self.seed, self.validation_steps = seed, validation_steps
         self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
@@ -204,6 +237,9 @@ class DiffusionStage(Stage):
         self.max_strength = float(max_strength)
         if self.max_strength < 1.0:  # sampling must not start above it (refsr.sample.start_strength_for)
             self.model.recipe.update(max_strength=self.max_strength, recommended_start_strength=self.max_strength)
+        self.lr_start_fraction = float(lr_start_fraction)
+        if self.lr_start_fraction > 0:
+            self.model.recipe["lr_start_fraction"] = self.lr_start_fraction
         n_refs = cfg["max_refs"] if max_refs is None else max_refs
         dropout = cfg["train"]["ref_dropout"] if ref_dropout is None else ref_dropout
         if kind == "ldm-ca" and matches is None:
@@ -218,7 +254,7 @@ class DiffusionStage(Stage):
         return self.data
 
     def module(self):
-        return DiffusionModule(self.model, self.degrade, self.min_snr_gamma, self.max_strength)
+        return DiffusionModule(self.model, self.degrade, self.min_snr_gamma, self.max_strength, self.lr_start_fraction)
 
     def validate(self, module, batch, path: Path) -> None:
         """LR (upsampled) | DDIM sample | HR for the validation batch."""

@@ -21,9 +21,12 @@
 #   bicubic the floor: bicubic upsampling of the validation and the test birds.
 # Run 4 (docs/results.md): MINUTES=80, then the train stage again with MINUTES=20 (it resumes).
 # Run 5: MODEL = run 4's model (the shipped one), LR_SCHEDULE=cosine STEPS=2600 MINUTES=75 TRAIN_SEED=1.
+# Run 7: MODEL = run 5's model, LR_START=0.5 TRAIN_MATCHES=$WORK/matches_train_lr.jsonl (LR queries, as
+#   sampling matches) LR_SCHEDULE=cosine STEPS=2300 MINUTES=68 TRAIN_SEED=2.
 # Knobs: PACK [gpu_data] WORK [work/ft] MODEL [refsr/weights/default] MINUTES [75]
 #   MAX_STRENGTH [0.5] LR [1e-4] LR_SCHEDULE [constant: run 4; cosine: run 5, decays to 0 at STEPS] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
 #   TRAIN_SEED [SEED: the training draws; a continued fine-tune takes a new one]
+#   LR_START [0: --lr-start-fraction] TRAIN_MATCHES [WORK/matches_train.jsonl] DRAWS [the model's: --draws of val/test]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"]
 #   TEST_MODELS [ft] TEST_FIXES ["wavelet none"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
 #   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
@@ -35,6 +38,8 @@ EMA=${EMA:-0.995}; SEED=${SEED:-0}; TRAIN_SEED=${TRAIN_SEED:-$SEED}; VAL_STRENGT
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}; VAL_STEPS=${VAL_STEPS:-$SAMPLE_STEPS}; VAL_MODELS=${VAL_MODELS:-base ft}
 TEST_MODELS=${TEST_MODELS:-ft}; TEST_FIXES=${TEST_FIXES:-wavelet none}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
+LR_START=${LR_START:-0}; TRAIN_MATCHES=${TRAIN_MATCHES:-$WORK/matches_train.jsonl}; DRAWS=${DRAWS:-}
+draws=(); [ -n "$DRAWS" ] && draws=(--draws "$DRAWS")
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 list() { sed "s|^|$PACK/split/|" "$PACK/split/$1.txt"; }
@@ -68,8 +73,9 @@ fi
 
 if has train; then
   stamp "train: from $MODEL, timesteps below $MAX_STRENGTH x T, $MINUTES min"
-  refsr train diffusion "$WORK/pairs_train/manifest.jsonl" --matches "$WORK/matches_train.jsonl" \
+  refsr train diffusion "$WORK/pairs_train/manifest.jsonl" --matches "$TRAIN_MATCHES" \
       --init-from "$MODEL" --kind ldm-ca --config small --max-strength "$MAX_STRENGTH" --min-snr-gamma 5 \
+      --lr-start-fraction "$LR_START" \
       --lr "$LR" --warmup 50 --lr-schedule "$LR_SCHEDULE" --ema-decay "$EMA" --batch-size "$BATCH" --steps "$STEPS" \
       --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 --log-every 25 --seed "$TRAIN_SEED" \
       --device cpu --resume -o "$RUN" 2>&1 | tee "$WORK/train.log" | tail -n 3
@@ -87,7 +93,8 @@ if has val; then  # every start strength x steps x model (base = MODEL, ft = thi
         model=$MODEL; [ $name = ft ] && model=$RUN/model
         out=val_${name}_s$s; [ "$n" = "$SAMPLE_STEPS" ] || out=${out}_n$n
         refsr -q sample --steps "$n" --seed "$SEED" --color-fix wavelet --device cpu --model "$model" \
-            "$WORK/pairs_val/manifest.jsonl" --matches "$WORK/matches_val.jsonl" --start-strength "$s" -o "$WORK/restored/$out"
+            "$WORK/pairs_val/manifest.jsonl" --matches "$WORK/matches_val.jsonl" --start-strength "$s" "${draws[@]}" \
+            -o "$WORK/restored/$out"
         stamp "val $name start $s, $n steps"; evaluate "$out" "$WORK/restored/$out" "$WORK/pairs_val/manifest.jsonl"
       done
     done
@@ -102,7 +109,7 @@ if has test; then  # TEST_MODELS x TEST_FIXES x with/without references, at STAR
         out=test_${name}_s${START_STRENGTH}_n${SAMPLE_STEPS}_$fix; with=(--matches "$TEST_MATCHES")
         [ $refs = norefs ] && { out=${out}_norefs; with=(); }
         refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix "$fix" --device cpu --model "$model" \
-            "$TEST" "${with[@]}" --start-strength "$START_STRENGTH" -o "$WORK/restored/$out"
+            "$TEST" "${with[@]}" --start-strength "$START_STRENGTH" "${draws[@]}" -o "$WORK/restored/$out"
         stamp "$out"; evaluate "$out" "$WORK/restored/$out" "$TEST"
       done
     done
