@@ -27,6 +27,7 @@
 #   MAX_STRENGTH [0.5] LR [1e-4] LR_SCHEDULE [constant: run 4; cosine: run 5, decays to 0 at STEPS] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
 #   TRAIN_SEED [SEED: the training draws; a continued fine-tune takes a new one]
 #   LR_START [0: --lr-start-fraction] TRAIN_MATCHES [WORK/matches_train.jsonl] DRAWS [the model's: --draws of val/test]
+#   RUN [WORK/runs/ldm-ca-ft: the training run, and the ft model of val/test]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"]
 #   TEST_MODELS [ft] TEST_FIXES ["wavelet none"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
 #   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
@@ -44,7 +45,7 @@ has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 list() { sed "s|^|$PACK/split/|" "$PACK/split/$1.txt"; }
 mkdir -p "$WORK/eval"
-RUN="$WORK/runs/ldm-ca-ft"
+RUN=${RUN:-$WORK/runs/ldm-ca-ft}
 
 if has data; then
   stamp "data: pairs, index, matches"
