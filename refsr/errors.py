@@ -25,6 +25,11 @@ class OutputError(RefSRError, OSError):
     """An output cannot be written (full disk, no permission); the message names the file."""
 
 
+class WorkerError(RefSRError, RuntimeError):
+    """A worker process died (killed, out of memory); the work finished so far is kept and
+    a rerun of the same command resumes."""
+
+
 class BadWeightsError(MissingWeightsError):
     """A weights file exists but cannot be loaded safely (corrupt, of the wrong network, or
     needing unpickling); the message names the file. A kind of missing weights: the

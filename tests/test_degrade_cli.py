@@ -144,3 +144,35 @@ def test_equal_stems_get_distinct_ids(tmp_path, astronaut):
     degrade_folder([tmp_path / "a", tmp_path / "b"], tmp_path / "o", crop=32, workers=1)
     ids = [r["id"] for r in io.read_pair_manifest(tmp_path / "o" / "manifest.jsonl")]
     assert len(set(ids)) == 2 and all(i.startswith("x-") for i in ids)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_degrade_with_an_error_not_a_hang_and_a_rerun_resumes(tmp_path, astronaut):
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    src, out = tmp_path / "in", tmp_path / "o"
+    for i in range(16):
+        io.write_image(src / f"p{i:02d}.png", np.roll(astronaut, 16 * i, axis=1))
+    cmd = [sys.executable, "-m", "refsr_cli.main", "-q", "degrade", str(src), "-o", str(out), "--crop", "256",
+           "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "hr").is_dir() or not any((out / "hr").iterdir()):  # the workers are busy
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        workers[0].kill()  # as the OOM killer would, in the middle of a pair
+        _, err = proc.communicate(timeout=120)  # multiprocessing.Pool waited here for ever
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "a degrade worker process died" in err and "rerun the same command" in err
+    assert not list(out.rglob("*.tmp*"))  # no half-written pair
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert len(io.read_pair_manifest(out / "manifest.jsonl")) == 16

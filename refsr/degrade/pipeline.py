@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .. import io
-from ..errors import InputError
+from ..errors import InputError, WorkerError
 from ..progress import progress
 from ..shards import finish_shard, merge_jsonl, part_path
 from .numpy_exec import degrade_image
@@ -169,15 +169,33 @@ def _is_complete(record: dict | None, task: dict, out: Path) -> bool:
 
 
 def _run(tasks: list[dict], workers: int):
-    """Yield the result of each task, in order, with ``workers`` processes (0/1: in-process)."""
+    """Yield the result of each task, in order, with ``workers`` processes (0/1: in-process).
+
+    The pool is a ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a worker that dies
+    (the OOM killer, ``kill -9``) breaks the run with an error instead of leaving the pair it
+    held pending for ever. Closing the generator (the caller does, at once, on any error)
+    cancels the pending pairs and waits for the running ones: each is written atomically.
+
+    Raises:
+        WorkerError: a worker process died; the pairs finished so far are kept (rerun to resume).
+    """
     if workers <= 1 or len(tasks) <= 1:
         yield from map(process_pair, tasks)
         return
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    with mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker,
-                                      initargs=(os.getpid(),)) as pool:
-        yield from pool.imap(process_pair, tasks, chunksize=1)
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        yield from pool.map(process_pair, tasks)
+    except BrokenProcessPool:
+        raise WorkerError("a degrade worker process died (killed, or out of memory?); the pairs finished "
+                           "so far are kept: rerun the same command to resume, with fewer --workers if "
+                           "memory ran out") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _source_rel(out: Path, source: Path) -> str:
@@ -232,19 +250,20 @@ def degrade_folder(
     bar = progress(total=len(tasks), initial=len(records), desc="degrade", unit="pair")
     last = time.monotonic()
     try:
-        for rec in _run(pending, workers):
-            bar.update(1)
-            if "error" in rec:
-                if not skip_bad:
-                    raise InputError(rec["error"])
-                if rec["source"] not in {b[0] for b in result.bad}:
-                    result.bad.append((rec["source"], rec["error"]))
-                continue
-            records[rec["id"]] = rec
-            result.written += 1
-            if time.monotonic() - last > CHECKPOINT_SECONDS:
-                io.write_jsonl(out / f".{name}.progress", sorted(records.values(), key=lambda r: r["index"]))
-                last = time.monotonic()
+        with contextlib.closing(_run(pending, workers)) as results:
+            for rec in results:
+                bar.update(1)
+                if "error" in rec:
+                    if not skip_bad:
+                        raise InputError(rec["error"])
+                    if rec["source"] not in {b[0] for b in result.bad}:
+                        result.bad.append((rec["source"], rec["error"]))
+                    continue
+                records[rec["id"]] = rec
+                result.written += 1
+                if time.monotonic() - last > CHECKPOINT_SECONDS:
+                    io.write_jsonl(out / f".{name}.progress", sorted(records.values(), key=lambda r: r["index"]))
+                    last = time.monotonic()
     finally:
         bar.close()
         if result.written and len(records) < len(tasks):
