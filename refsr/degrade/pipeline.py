@@ -192,8 +192,8 @@ def _run(tasks: list[dict], workers: int):
         yield from pool.map(process_pair, tasks)
     except BrokenProcessPool:
         raise WorkerError("a degrade worker process died (killed, or out of memory?); the pairs finished "
-                           "so far are kept: rerun the same command to resume, with fewer --workers if "
-                           "memory ran out") from None
+                          "so far are kept: rerun the same command to resume, with fewer --workers if "
+                          "memory ran out") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
