@@ -162,7 +162,8 @@ def test_a_killed_worker_stops_degrade_with_an_error_not_a_hang_and_a_rerun_resu
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "hr").is_dir() or not any((out / "hr").iterdir()):  # the workers are busy
+        # three PNGs: a worker has sent a finished pair's record and is busy on its next one
+        while not (out / "hr").is_dir() or len(list((out / "hr").glob("[!.]*.png"))) < 3:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.02)
         workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
@@ -174,6 +175,9 @@ def test_a_killed_worker_stops_degrade_with_an_error_not_a_hang_and_a_rerun_resu
     assert proc.returncode == 1 and "a degrade worker process died" in err and "rerun the same command" in err
     for f in (out / "hr").glob("[!.]*.png"):  # no half-written pair (writes are atomic)
         assert io.read_rgb(f).shape == (256, 256, 3)
+    kept = {r["hr"]: (out / r["hr"]).stat().st_mtime_ns for r in io.read_jsonl(out / ".manifest.jsonl.progress")}
+    assert kept
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert len(io.read_pair_manifest(out / "manifest.jsonl")) == 16
+    assert {hr: (out / hr).stat().st_mtime_ns for hr in kept} == kept  # the finished pairs were not redone
