@@ -49,7 +49,9 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
 @click.option("--tile-overlap", type=click.IntRange(min=0), default=16, show_default=True,
               help="Overlap of neighbouring tiles in input pixels.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Tiles per U-Net/decoder call (more = faster on GPU, more memory).")
+              help="Latents per U-Net/decoder call: tiles, and with --draws K the K draws of each tile (or "
+              "of the whole image), e.g. --batch-size 4 for the 4 draws in one call (faster on GPU and on "
+              "small images, more memory).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision (fp16 on CUDA only).")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default=None,

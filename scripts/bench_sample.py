@@ -13,6 +13,8 @@ median of the per-repetition ratios.
     python scripts/bench_sample.py --sizes 32,64 --refs 0,10 --repeats 5   # CPU ratio check
     python scripts/bench_sample.py --sizes 64 --refs 0,4,10 --steps 4 --start-strength 0.5   # the shipped recipe
     python scripts/bench_sample.py --sizes 64 --refs 0,10 --repeats 1 --breakdown   # where the time goes
+    python scripts/bench_sample.py --sizes 32,64,128 --refs 0,10 --steps 4 --start-strength 0.5 \
+        --draws 4 --compare-batch 4 --repeats 5   # the shipped defaults: 4 draws, one U-Net call each or batched
     python scripts/bench_sample.py --quick         # CUDA: `paper` config, 128-512 px, < 3 min on an H100
     python scripts/bench_sample.py --config paper --sizes 128 --refs 0,10 --precision bf16 \
         --sampler dpmpp --steps 20 --repeats 5 --tile 128   # GPU target: 512x512 output, 10 refs
@@ -149,32 +151,45 @@ def build_models(config: str, device, sampler: str | None = None):
 
 def run_size(size, ldm, ca, pipe, args, device):
     """All variants at one LR size, interleaved; rows of (variant, refs, seconds, peak bytes, ratio, note)."""
+    import dataclasses
+
     from refsr.sample import SampleSettings, restore_tensor
     from refsr.sample.core import encode_references
 
     settings = SampleSettings(sampler=args.sampler, steps=args.steps, tile=args.tile, tile_overlap=args.tile_overlap,
-                              precision=args.precision, batch_size=args.batch_size, start_strength=args.start_strength)
+                              precision=args.precision, batch_size=args.batch_size, start_strength=args.start_strength,
+                              draws=args.draws)
     lr = torch.rand(1, 3, size, size, device=device) * 2 - 1
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    refs = {r: torch.rand(1, r, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1 for r in args.refs if r > 0}
+    shared = max(args.refs)  # `refsr sample --refs`: the same references for every image, encoded once per run
+    ctx = encode_references(ca, torch.rand(1, shared, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1,
+                            settings=settings) if shared > 0 else None
+
+    def variants(s: SampleSettings, tag: str = "") -> dict:
+        fns = {(f"ldm{tag}", 0): lambda: restore_tensor(ldm, lr, settings=s, generator=gen(), disable=True)}
+        for r in args.refs:
+            fns[(f"ldm-ca{tag}", r)] = lambda r=r: restore_tensor(ca, lr, refs.get(r), settings=s, generator=gen(), disable=True)
+        if ctx is not None:
+            fns[(f"ca-shared{tag}", shared)] = lambda: restore_tensor(ca, lr, settings=s, generator=gen(), disable=True,
+                                                                      ref_context=ctx)
+        return fns
+
     fns = {}
-    if size <= args.tile or args.tile == 0:  # the pipeline has no tiling: compare untiled only
+    if (size <= args.tile or args.tile == 0) and args.draws == 1:  # the pipeline has no tiling nor draws: untiled only
         def run_pipe():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 pipe(lr, num_inference_steps=args.steps, eta=0.0, generator=gen(), output_type="pt")
         fns[("diffusers", 0)] = run_pipe
-    fns[("ldm", 0)] = lambda: restore_tensor(ldm, lr, settings=settings, generator=gen(), disable=True)
-    for r in args.refs:
-        refs = None if r == 0 else torch.rand(1, r, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1
-        fns[("ldm-ca", r)] = lambda refs=refs: restore_tensor(ca, lr, refs, settings=settings, generator=gen(), disable=True)
-    if max(args.refs) > 0:  # `refsr sample --refs`: the same references for every image, encoded once per run
-        r = max(args.refs)
-        ctx = encode_references(ca, torch.rand(1, r, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1, settings=settings)
-        fns[("ca-shared", r)] = lambda: restore_tensor(ca, lr, settings=settings, generator=gen(), disable=True,
-                                                       ref_context=ctx)
+    fns.update(variants(settings))
+    if args.compare_batch:  # every variant again with --batch-size B: its ratio is to the same variant at --batch-size
+        fns.update(variants(dataclasses.replace(settings, batch_size=args.compare_batch), f"@b{args.compare_batch}"))
     res = interleaved(fns, device, args.repeats)
     rows = []
     for (variant, r), (seconds, peak, _) in res.items():
         base = ("diffusers", 0) if variant == "ldm" else ("ldm", 0)
+        if "@b" in variant:
+            base = (variant.split("@")[0], r)
         x = f"{ratio(res, (variant, r), base):.3f}x {base[0]}" if variant != "diffusers" and base in res else ""
         share = variant == "ldm-ca" and r == max(args.refs) and r > 0
         rows.append((variant, r, seconds, peak, x, _attention_share(ca, fns[(variant, r)]) if share else ""))
@@ -243,7 +258,10 @@ def main():
     parser.add_argument("--refs", default="0,1,10", help="numbers of references for ldm-ca")
     parser.add_argument("--tile", type=int, default=None, help="tile in LR px (default 64 on CPU, 128 on CUDA)")
     parser.add_argument("--tile-overlap", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1, help="refsr sample --batch-size (latents per U-Net call)")
+    parser.add_argument("--draws", type=int, default=1, help="refsr sample --draws (the shipped model uses 4)")
+    parser.add_argument("--compare-batch", type=int, default=None,
+                        help="also run every variant with this --batch-size (e.g. the --draws), ratio to the same variant")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--start-strength", type=float, default=None,
                         help="refsr sample --start-strength (default 1: from pure noise; the shipped model uses 0.5)")
@@ -277,16 +295,16 @@ def main():
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
     print(f"# bench_sample: {name} ({device}), torch {torch.__version__}, {os.cpu_count()} CPUs "
           f"({torch.get_num_threads()} threads), config {args.config}, "
-          f"steps {args.steps} ({args.sampler}), start strength {args.start_strength or 1:g}, tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
+          f"steps {args.steps} ({args.sampler}), start strength {args.start_strength or 1:g}, draws {args.draws}, tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
           f"{args.precision}, {args.repeats} interleaved repetitions (medians)"
           + (f", LR context cache {args.lr_cache_mb:g} MB" if args.lr_cache_mb is not None else ""))
     ldm, ca, pipe = build_models(args.config, device, args.sampler)
     print(f"# ref_size {ca.ref_size}, cross-attention levels {ca.ref_branch.levels}; memory = peak "
           f"{'CUDA allocated' if cuda else 'RSS growth'} during the call")
-    print(f"{'LR px':>6} {'variant':>9} {'refs':>4} {'s/img':>8} {'peak MB':>8} {'ratio':>22}  notes")
+    print(f"{'LR px':>6} {'variant':>12} {'refs':>4} {'s/img':>8} {'peak MB':>8} {'ratio':>22}  notes")
     for size in sizes:
         for variant, r, seconds, peak, x, note in run_size(size, ldm, ca, pipe, args, device):
-            print(f"{size:>6} {variant:>9} {r:>4} {seconds:>8.3f} {peak / 2**20:>8.1f} {x:>22}  {note}", flush=True)
+            print(f"{size:>6} {variant:>12} {r:>4} {seconds:>8.3f} {peak / 2**20:>8.1f} {x:>22}  {note}", flush=True)
         if args.breakdown:
             breakdown(ca, size, max(args.refs))
     print("# targets: ldm <= 1.05x diffusers; ldm-ca with 10 refs <= 1.3x ldm; peak memory flat once tiled")

@@ -389,33 +389,44 @@ def test_start_strength_is_recorded_in_run_json(tmp_path, coffee):
 
 
 @pytest.mark.parametrize("tile", [0, 8])
-def test_k_draws_decode_the_mean_of_k_one_draw_latents(coffee, monkeypatch, tile):
-    """draws = K: K passes of the sampler, the first from a one-draw run's noise, the next from
-    the noise the generator gives after it; the mean of their denoised latents is decoded."""
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_k_draws_decode_the_mean_of_k_one_draw_latents(coffee, monkeypatch, tile, batch_size):
+    """draws = K: one pass of the sampler over K latents, the first from a one-draw run's
+    noise, the next from the noise the generator gives after it; the mean of their denoised
+    latents is decoded. One latent per U-Net call (batch size 1) gives each draw the bytes of
+    its one-draw run; a batch of the K draws (batch size 2: both draws of a tile, or of the
+    whole image, in one call) the same up to float rounding."""
     import refsr.sample.core as core
     from refsr.sample import SampleSettings, restore_tensor
 
     torch.manual_seed(0)
     model = RefSRModel.from_config("tiny", kind="ldm").eval()
     lr = torch.from_numpy(cv2.resize(coffee, (16, 12), interpolation=cv2.INTER_AREA).transpose(2, 0, 1).copy())[None] * 2 - 1
-    finals, decoded, decode = [], [], core._decode
+    finals, decoded, decode, calls, forward = [], [], core._decode, [], model.forward
     monkeypatch.setattr(core, "_decode", lambda m, x, *a: decoded.append(x) or decode(m, x, *a))
+    monkeypatch.setattr(model, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
 
-    def run(draws, generator):  # -> output, each pass's denoised latent, the latent decoded
-        finals.clear(), decoded.clear()
-        s = SampleSettings(steps=4, start_strength=0.5, draws=draws, tile=tile, tile_overlap=2)
+    def run(draws, generator, batch=1):  # -> output, the denoised latents (K, C, h, w), the latent decoded
+        finals.clear(), decoded.clear(), calls.clear()
+        s = SampleSettings(steps=4, start_strength=0.5, draws=draws, tile=tile, tile_overlap=2, batch_size=batch)
         last = lambda step: step["i"] == 1 and finals.append(step["x"])  # noqa: E731  (4 steps from 0.5: 2 passes)
         out = restore_tensor(model, lr, settings=s, generator=generator, callback=last, disable=True)
-        return out, list(finals), decoded[0]
+        (final,) = finals
+        return out, final, decoded[0]
 
-    one, (a,), _ = run(1, torch.Generator().manual_seed(5))
+    one, a, _ = run(1, torch.Generator().manual_seed(5))
     assert torch.equal(one, run(None, torch.Generator().manual_seed(5))[0])  # a model's default: one draw
     g = torch.Generator().manual_seed(5)
     torch.randn(a.shape, generator=g)  # the first draw's noise: g now gives the second's
-    second, (b,), _ = run(1, g)
-    mean, (a2, b2), x = run(2, torch.Generator().manual_seed(5))
-    assert torch.equal(a2, a) and torch.equal(b2, b) and not torch.allclose(a, b, atol=1e-3)
-    assert torch.allclose(x, (a + b) / 2, atol=1e-6)
+    second, b, _ = run(1, g)
+    mean, both, x = run(2, torch.Generator().manual_seed(5), batch_size)
+    assert both.shape[0] == 2 and set(calls) == {batch_size}  # one pass; batch_size latents per call
+    if batch_size == 1:
+        assert torch.equal(both[:1], a) and torch.equal(both[1:], b)
+    else:
+        assert torch.allclose(both[:1], a, atol=1e-5) and torch.allclose(both[1:], b, atol=1e-5)
+    assert not torch.allclose(a, b, atol=1e-3)
+    assert torch.allclose(x, (a + b) / 2, atol=1e-5)
     assert not torch.allclose(mean, one, atol=1e-3) and not torch.allclose(mean, second, atol=1e-3)
 
 

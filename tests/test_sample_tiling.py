@@ -7,7 +7,7 @@ import torch
 
 from refsr.sample.color_fix import adain_color_fix, apply_color_fix, wavelet_color_fix, wavelet_decompose
 from refsr.sample.samplers import denoise, make_scheduler
-from refsr.sample.tiling import Tile, blend_tiles, blend_weights, lr_multiple, pad_to_multiple, ramp_1d, tile_grid, tile_starts
+from refsr.sample.tiling import Tile, blend_tiles, blend_weights, cut_tiles, lr_multiple, pad_to_multiple, ramp_1d, tile_grid, tile_starts
 
 LDM_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.0015, "beta_end": 0.0155,
                 "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "clip_sample": False}
@@ -45,13 +45,21 @@ def test_normalised_weights_sum_to_one_and_single_tile_is_exactly_one():
     assert torch.equal(single, torch.ones_like(single))
 
 
-def test_blend_tiles_reproduces_a_canvas_function():
-    canvas = torch.randn(1, 3, 30, 50)
+@pytest.mark.parametrize("items", [1, 3])
+def test_blend_tiles_reproduces_a_canvas_function(items):
+    """Each item of a (B, C, H, W) canvas gets back its own pixels, whatever the batch of units
+    (tile, item) per call; units come tile by tile, a tile's items together."""
+    canvas = torch.randn(items, 3, 30, 50)
     tiles = tile_grid(30, 50, 16, 6)
     weights = blend_weights(tiles, 30, 50, ramp=6)
-    fn = lambda idx: torch.cat([canvas[:, :, tiles[k].slices()[0], tiles[k].slices()[1]] for k in idx])  # noqa: E731
+    seen = []
+    fn = lambda units: seen.append(list(units)) or cut_tiles(canvas, tiles, units)  # noqa: E731
     for batch in (1, 4):
+        seen.clear()
         assert torch.allclose(blend_tiles(fn, canvas.shape, tiles, weights, batch), canvas, atol=1e-6)
+        order = [u for chunk in seen for u in chunk]
+        assert order == [(k, b) for k in range(len(tiles)) for b in range(items)]
+        assert all(len(chunk) == batch for chunk in seen[:-1]) and 0 < len(seen[-1]) <= batch
 
 
 def test_lr_multiple_and_reflect_padding_round_trip():

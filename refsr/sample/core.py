@@ -19,7 +19,7 @@ from typing import Callable
 
 from .color_fix import COLOR_FIXES, apply_color_fix
 from .samplers import SAMPLERS, denoise, make_scheduler
-from .tiling import Tile, blend_tiles, blend_weights, lr_multiple, pad_to_multiple, tile_grid
+from .tiling import Tile, blend_tiles, blend_weights, cut_tiles, lr_multiple, pad_to_multiple, tile_grid
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 # The LR contexts of an image's tiles kept across denoising steps, at most (bytes); the
@@ -33,7 +33,9 @@ REF_INPUT_CACHE_BYTES = 256 << 20
 @dataclass
 class SampleSettings:
     """How to sample. ``tile``/``tile_overlap`` are in input (LR) pixels; ``tile=0`` never
-    tiles. ``batch_size`` is the number of tiles per U-Net / decoder call.
+    tiles. ``batch_size`` is the number of latents per U-Net / decoder call: tiles, and with
+    ``draws`` K > 1 the K draws of each tile (or of the untiled image); it sets the bytes of
+    the result with the seed, device and precision.
     ``cache_context=False`` recomputes the LR/reference contexts at every step (tests).
     ``start_strength`` in (0, 1]: 1 = from pure noise; S < 1 = from timestep about S x T,
     starting from the noised latent of the bicubic-upsampled LR. ``draws`` >= 1: the denoised
@@ -361,24 +363,27 @@ def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSetting
         if ref_cached is None and settings.cache_context:
             ref_cached = _reference_context(model, refs, ref_mask)
 
-    def predict(x, t, idx):
+    def predict(x, t, idx):  # x: one latent per entry of idx, the tile it covers
         n = len(idx)
         lr = tree_cat([_lr_tile(canvas, tiles[k])[0] for k in idx])
         lr_ctx = ref_ctx = None
         if use_refs:
-            lr_ctx = tree_cat([lr_context(k) for k in idx])
+            ctx = {k: lr_context(k) for k in dict.fromkeys(idx)}  # a tile's K draws share its context
+            lr_ctx = tree_cat([ctx[k] for k in idx])
             ref_ctx = tree_repeat(ref_cached if ref_cached is not None else _reference_context(model, refs, ref_mask), n)
         return model(x, t.reshape(1).expand(n), lr, lr_context=lr_ctx, ref_context=ref_ctx).float()
 
-    if canvas.tiles is None:
-        return lambda x, t: predict(x, t, [0])
+    step = max(1, settings.batch_size)
+    if canvas.tiles is None:  # the draws (the batch of x), batch_size per call
+        import torch
+
+        return lambda x, t: torch.cat([predict(x[i : i + step], t, [0] * len(x[i : i + step]))
+                                       for i in range(0, x.shape[0], step)])
     weights = _latent_weights(canvas, settings)
 
     def eps_tiled(x, t):
-        import torch
-
-        fn = lambda idx: predict(torch.cat([x[:, :, canvas.tiles[k].slices()[0], canvas.tiles[k].slices()[1]] for k in idx]), t, idx)
-        return blend_tiles(fn, x.shape, canvas.tiles, weights, settings.batch_size, device=x.device)
+        fn = lambda units: predict(cut_tiles(x, canvas.tiles, units), t, [k for k, _ in units])  # noqa: E731
+        return blend_tiles(fn, x.shape, canvas.tiles, weights, step, device=x.device)
 
     return eps_tiled
 
@@ -405,9 +410,9 @@ def _encode_lr_up(model, canvas: _Canvas, settings: SampleSettings, latents: dic
         return latents[0].float()
     weights = _latent_weights(canvas, settings)
 
-    def fn(idx):
-        z = model.encode(torch.cat([_lr_tile(canvas, canvas.tiles[k])[1] for k in idx]))
-        latents.update({k: z[j : j + 1] for j, k in enumerate(idx)})
+    def fn(units):  # one item: (k, 0)
+        z = model.encode(torch.cat([_lr_tile(canvas, canvas.tiles[k])[1] for k, _ in units]))
+        latents.update({k: z[j : j + 1] for j, (k, _) in enumerate(units)})
         return z
 
     return blend_tiles(fn, (1, *canvas.latent), canvas.tiles, weights, settings.batch_size, device=canvas.lr.device)
@@ -422,7 +427,7 @@ def _decode(model, x, canvas: _Canvas, settings: SampleSettings):
     hr_tiles = [t.scaled(canvas.vq) for t in canvas.tiles]
     h, w = x.shape[-2] * canvas.vq, x.shape[-1] * canvas.vq
     weights = blend_weights(hr_tiles, h, w, _ramp(settings, canvas) * canvas.vq, device=x.device)
-    fn = lambda idx: model.decode(torch.cat([x[:, :, canvas.tiles[k].slices()[0], canvas.tiles[k].slices()[1]] for k in idx]))
+    fn = lambda units: model.decode(cut_tiles(x, canvas.tiles, units))  # noqa: E731
     return blend_tiles(fn, (x.shape[0], 3, h, w), hr_tiles, weights, settings.batch_size, device=x.device)
 
 
@@ -444,14 +449,18 @@ def encode_references(model, refs, ref_mask=None, settings: SampleSettings | Non
 
 
 def _mean_denoised(eps_fn, noises, scheduler, settings: SampleSettings, generator, callback, disable, init):
-    """Step 4 for each draw of the start noise (the contexts in ``eps_fn`` computed once), then
-    the mean of the denoised latents (for one draw the latent itself: dividing by 1 is exact)."""
-    x = None
-    for noise in noises:
-        x0 = denoise(eps_fn, noise, scheduler, settings.steps, settings.eta, generator, callback, disable,
-                     init_latents=init, strength=settings.start_strength)
-        x = x0 if x is None else x + x0
-    return x / len(noises)
+    """Step 4 for the K draws of the start noise at once (``noises`` (K, C, h, w): one pass of
+    the sampler over a batch of K, the contexts in ``eps_fn`` computed once), then the mean of
+    the K denoised latents (summed in draw order; for one draw the latent itself: dividing by
+    1 is exact)."""
+    if init is not None:
+        init = init.expand(noises.shape[0], *init.shape[1:])
+    x0 = denoise(eps_fn, noises, scheduler, settings.steps, settings.eta, generator, callback, disable,
+                 init_latents=init, strength=settings.start_strength)
+    x = x0[:1]
+    for k in range(1, x0.shape[0]):
+        x = x + x0[k : k + 1]
+    return x / x0.shape[0]
 
 
 def restore_tensor(
@@ -477,8 +486,9 @@ def restore_tensor(
             the whole latent canvas at once (on the generator's device, then moved), so a
             tile's noise depends on its position only; with ``draws`` K > 1, K such draws one
             after another (the first is a one-draw run's noise). The stochastic samplers draw
-            from it too.
-        callback, disable: see :func:`refsr.sample.samplers.denoise` (with K draws, K passes of the steps).
+            from it too (their step noise for the K draws at once).
+        callback, disable: see :func:`refsr.sample.samplers.denoise` (one pass of the steps; with
+            K draws its ``x`` holds the K latents, (K, C, h, w)).
         force_tiles (`bool`): take the tiled path even for an image that fits one tile.
         ref_context (*optional*): the references already encoded by :func:`encode_references`
             (then ``refs`` is not used): many images restored with the same references
@@ -498,8 +508,8 @@ def restore_tensor(
         canvas = _plan(model, lr.float(), settings, force_tiles)
         gen_device = generator.device if generator is not None else "cpu"
         # (the draws one after another: draw 0 is the noise of a one-draw run)
-        noises = [torch.randn((1, *canvas.latent), generator=generator, device=gen_device, dtype=torch.float32).to(device)
-                  for _ in range(settings.draws)]
+        noises = torch.cat([torch.randn((1, *canvas.latent), generator=generator, device=gen_device, dtype=torch.float32)
+                            for _ in range(settings.draws)]).to(device)
         lr_latents: dict = {}  # the upsampled LR's latents, encoded once for both uses
         init = _encode_lr_up(model, canvas, settings, lr_latents) if settings.start_strength < 1.0 else None
         # 3. contexts and noise prediction; 4. the sampler's loop

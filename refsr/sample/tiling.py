@@ -123,6 +123,14 @@ def blend_weights(tiles: Sequence[Tile], height: int, width: int, ramp: int, dev
     return [(w / total[t.slices()]).float()[None, None].to(device) for t, w in zip(tiles, raw)]
 
 
+def cut_tiles(canvas, tiles: Sequence[Tile], units: Sequence[tuple[int, int]]):
+    """The pixels of ``canvas`` (B, C, H, W) under each unit ``(tile k, item b)``, stacked:
+    (len(units), C, h, w) (the batch :func:`blend_tiles` hands its ``fn``)."""
+    import torch
+
+    return torch.cat([canvas[b : b + 1, :, tiles[k].slices()[0], tiles[k].slices()[1]] for k, b in units])
+
+
 def blend_tiles(
     fn: Callable,
     canvas_shape: Sequence[int],
@@ -133,22 +141,28 @@ def blend_tiles(
 ):
     """Evaluate ``fn`` on batches of tiles and blend the results into one canvas.
 
+    The work comes in units ``(k, b)``: tile ``k`` of canvas item ``b`` (B items share the
+    grid, e.g. several draws of the noise of one image), ordered tile by tile, each tile's
+    items together, and handed to ``fn`` ``batch_size`` at a time.
+
     Args:
-        fn: ``fn(indices) -> (len(indices), C, h, w)`` results for the tiles ``indices``
-            (all tiles of a grid have the same size).
-        canvas_shape: (B, C, H, W) of the output canvas (B = 1 per image).
+        fn: ``fn(units) -> (len(units), C, h, w)``: the results for the ``units``, a list of
+            ``(tile index, item index)`` pairs (all tiles of a grid have the same size).
+        canvas_shape: (B, C, H, W) of the output canvas.
         weights: from :func:`blend_weights`, in the output canvas' pixels.
 
     Returns:
-        `torch.Tensor`: (B, C, H, W) float32, ``sum_k w_k * fn(k)`` per pixel.
+        `torch.Tensor`: (B, C, H, W) float32, ``sum_k w_k * fn((k, b))`` per pixel of item b.
     """
     import torch
 
     out = torch.zeros(tuple(canvas_shape), dtype=torch.float32, device=device)
-    for start in range(0, len(tiles), max(1, batch_size)):
-        idx = list(range(start, min(start + batch_size, len(tiles))))
-        result = fn(idx).float()
-        for j, k in enumerate(idx):
+    units = [(k, b) for k in range(len(tiles)) for b in range(canvas_shape[0])]
+    step = max(1, batch_size)
+    for start in range(0, len(units), step):
+        chunk = units[start : start + step]
+        result = fn(chunk).float()
+        for j, (k, b) in enumerate(chunk):
             ys, xs = tiles[k].slices()
-            out[:, :, ys, xs] += weights[k] * result[j : j + 1]
+            out[b : b + 1, :, ys, xs] += weights[k] * result[j : j + 1]
     return out
