@@ -251,7 +251,7 @@ def autoencoder(**o):
               help="matches.jsonl from `refsr match` (the references).")
 @click.option("--max-refs", type=click.IntRange(min=0), default=None, help="References per sample (default: config).")
 @click.option("--ref-dropout", type=click.FloatRange(0, 1), default=None,
-              help="Probability of training a sample without references (default: config).")
+              help="Probability of training a sample without references (default: config; 0 with --freeze-unet).")
 @click.option("--degrade-on-the-fly", is_flag=True, help="Make LR from HR with refsr.degrade's torch path "
               "(Real-ESRGAN preset) instead of the manifest's LR images.")
 @click.option("--prediction-type", type=click.Choice(PREDICTION_TYPES), default=None,
@@ -268,6 +268,11 @@ def autoencoder(**o):
               help="Train this fraction of the samples as --start-strength sampling starts: noised from the "
               "latent of the bicubic-upsampled LR instead of the HR's (the target still the HR), at timesteps in "
               "the upper half of the trained range; recorded as recipe.lr_start_fraction.")
+@click.option("--freeze-unet", is_flag=True,
+              help="Train only the reference branch (E_LR, E_Ref, the cross-attention); the U-Net of --init-from "
+              "keeps its weights, so the model without references stays exactly that U-Net (kind ldm-ca; "
+              "recorded as recipe.frozen_unet; --ref-dropout defaults to 0, as a sample without references "
+              "would train nothing).")
 @loop_options()
 def diffusion(**o):
     """Train the diffusion denoiser (kind ldm) or the denoiser with the reference branch
@@ -297,12 +302,16 @@ def diffusion(**o):
     if o["vqvae"] is None and o["init_from"] is None:
         raise click.BadParameter("the diffusion stage needs a trained VQ autoencoder (--vqvae DIR) "
                                  "or a pretrained LDM-SR folder (--init-from DIR)", param_hint="--vqvae")
+    if o["freeze_unet"] and (o["kind"] != "ldm-ca" or o["init_from"] is None):
+        raise click.BadParameter("trains only the reference branch: it needs --kind ldm-ca and a trained U-Net "
+                                 "(--init-from DIR)", param_hint="--freeze-unet")
     opts = train_options(o, load_config(o["config"])["train"])
     stage = DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
                            init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
                            ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
                            prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
-                           max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"])
+                           max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"],
+                           freeze_unet=o["freeze_unet"])
     model = run_training(stage, opts)
     if is_main_process():
         report_trained("diffusion", opts, model)

@@ -296,6 +296,40 @@ def test_lr_start_samples_are_noised_from_the_lr_latent_and_regressed_onto_the_h
         DiffusionModule(module.model, lr_start_fraction=1.5)
 
 
+def test_freeze_unet_trains_only_the_reference_branch(tmp_path, pairs_for_diffusion):
+    """--freeze-unet: the exported U-Net (and VQ) are bit for bit those of --init-from, so the
+    model without references is unchanged, while the reference branch is trained; recorded as
+    recipe.frozen_unet; --ref-dropout defaults to 0. Without a trained ldm-ca U-Net to keep it is a
+    usage error."""
+    manifest, matches, vq = pairs_for_diffusion
+    opts = lambda out, steps: TrainOptions(output=out, steps=steps, batch_size=2, lr=1e-2, device="cpu",  # noqa: E731
+                                           checkpoint_every=10, warmup_steps=0, validate_every=0, log_every=1,
+                                           ema_decay=0.0)
+    base = run_training(DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", vqvae=vq, matches=matches,
+                                       ref_dropout=0.0), opts(tmp_path / "base", 2))
+    stage = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", init_from=base, matches=matches,
+                           freeze_unet=True)
+    assert stage.data.ref_dropout == 0.0  # its default: a sample without references trains nothing
+    assert {n for n, p in stage.module().named_parameters() if p.requires_grad} == {
+        "model.ref_branch." + n for n, _ in stage.model.ref_branch.named_parameters()}
+    ft = run_training(stage, opts(tmp_path / "ft", 3))
+    before, after = RefSRModel.from_pretrained(base), RefSRModel.from_pretrained(ft)
+    for part in ("unet", "vqvae"):
+        a, b = getattr(before, part).state_dict(), getattr(after, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    a, b = before.ref_branch.state_dict(), after.ref_branch.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the branch learnt
+    assert read_json(ft / "model_index.json")["recipe"]["frozen_unet"] is True
+    assert "frozen_unet" not in read_json(base / "model_index.json")["recipe"]
+    with pytest.raises(ValueError, match="needs kind ldm-ca and a trained U-Net"):
+        DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", vqvae=vq, matches=matches, freeze_unet=True)
+    for bad in (["--kind", "ldm", "--init-from", str(base)], ["--vqvae", str(vq)]):
+        r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "-o", str(tmp_path / "bad"),
+                                     "--freeze-unet", *bad])
+        assert r.exit_code == 2 and "--freeze-unet" in r.output and "needs --kind ldm-ca" in r.output, r.output
+        assert not (tmp_path / "bad").exists()
+
+
 @pytest.fixture
 def pairs_for_diffusion(tmp_path, astronaut, coffee, motorcycle_pair):
     from test_train import make_pairs

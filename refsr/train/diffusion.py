@@ -227,8 +227,11 @@ class DiffusionStage(Stage):
                  seed: int = 0, max_refs: int | None = None, ref_dropout: float | None = None,
                  degrade_on_the_fly: bool = False, validation_steps: int = 20,
                  prediction_type: str | None = None, min_snr_gamma: float | None = None,
-                 max_strength: float = 1.0, lr_start_fraction: float = 0.0):
+                 max_strength: float = 1.0, lr_start_fraction: float = 0.0, freeze_unet: bool = False):
         cfg = load_config(config)
+        if freeze_unet and (kind != "ldm-ca" or init_from is None):
+            raise ValueError("freezing the U-Net trains only the reference branch: it needs kind ldm-ca and "
+                             "a trained U-Net to start from (--init-from)")
         self.seed, self.validation_steps = seed, validation_steps
         self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
         torch.manual_seed(seed)
@@ -240,12 +243,17 @@ class DiffusionStage(Stage):
         self.lr_start_fraction = float(lr_start_fraction)
         if self.lr_start_fraction > 0:
             self.model.recipe["lr_start_fraction"] = self.lr_start_fraction
+        self.freeze_unet = bool(freeze_unet)
+        if self.freeze_unet:  # the loop optimises what requires grad: the branch only
+            self.model.unet.requires_grad_(False)
+            self.model.recipe["frozen_unet"] = True
         n_refs = cfg["max_refs"] if max_refs is None else max_refs
-        dropout = cfg["train"]["ref_dropout"] if ref_dropout is None else ref_dropout
+        if ref_dropout is None:  # frozen U-Net: a sample without references would train nothing
+            ref_dropout = 0.0 if freeze_unet else cfg["train"]["ref_dropout"]
         if kind == "ldm-ca" and matches is None:
             log.warning("kind ldm-ca without --matches: the reference branch will see no references")
         self.data = PairDataset(data, self.model.patch_size, self.model.scale, matches if kind == "ldm-ca" else None,
-                                self.model.ref_size, n_refs if kind == "ldm-ca" else 0, dropout, seed,
+                                self.model.ref_size, n_refs if kind == "ldm-ca" else 0, ref_dropout, seed,
                                 lr_from_hr=degrade_on_the_fly)
         self.degrade = OnTheFlyDegrade(self.model.scale, seed) if degrade_on_the_fly else None
         self.find_unused_parameters = kind == "ldm-ca"
