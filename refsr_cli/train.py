@@ -29,6 +29,16 @@ STAGES = ("autoencoder", "diffusion", "matcher")
 # ---------------------------------------------------------------------------------------
 
 
+def _int_list(ctx, param, value: str | None) -> list[int] | None:
+    """``"0,1,3"`` -> ``[0, 1, 3]`` (None when not given)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] or None
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+
+
 def _pop_option(args: list[str], name: str) -> str | None:
     """Remove ``name VALUE`` or ``name=VALUE`` (before any ``--``) from ``args``; its value or None."""
     for i, token in enumerate(args):
@@ -273,6 +283,11 @@ def autoencoder(**o):
               "keeps its weights, so the model without references stays exactly that U-Net (kind ldm-ca; "
               "recorded as recipe.frozen_unet; --ref-dropout defaults to 0, as a sample without references "
               "would train nothing).")
+@click.option("--ca-levels", callback=_int_list, default=None, metavar="I,J,...",
+              help="Decoder positions with reference cross-attention (0 = the mid block's output, lowest "
+              "resolution; one more per up block, the last at full latent resolution; default: config, small "
+              "0,1). With --init-from a trained ldm-ca, adds positions to its branch: the new ones start at "
+              "zero (the model is unchanged until trained), its trained ones are kept.")
 @loop_options()
 def diffusion(**o):
     """Train the diffusion denoiser (kind ldm) or the denoiser with the reference branch
@@ -306,12 +321,17 @@ def diffusion(**o):
         raise click.BadParameter("trains only the reference branch: it needs --kind ldm-ca and a trained U-Net "
                                  "(--init-from DIR)", param_hint="--freeze-unet")
     opts = train_options(o, load_config(o["config"])["train"])
-    stage = DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
-                           init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
-                           ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
-                           prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
-                           max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"],
-                           freeze_unet=o["freeze_unet"])
+    try:
+        stage = DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
+                               init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
+                               ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
+                               prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
+                               max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"],
+                               freeze_unet=o["freeze_unet"], ca_levels=o["ca_levels"])
+    except ValueError as e:  # positions that the U-Net lacks or that drop trained ones (known once it is loaded)
+        if not str(e).startswith("ca_levels: "):
+            raise
+        raise click.BadParameter(str(e).removeprefix("ca_levels: "), param_hint="--ca-levels") from None
     model = run_training(stage, opts)
     if is_main_process():
         report_trained("diffusion", opts, model)

@@ -18,7 +18,7 @@ from refsr.models import RefSRModel
 from refsr.models.autoencoder import LATENT_FILE, LatentSpec, latent_statistics, read_latent_spec
 from refsr.train import TrainOptions, run_training
 from refsr.train.autoencoder import AutoencoderStage, centre_crop, reconstruction_metrics
-from refsr.train.diffusion import DiffusionStage, diffusion_target, min_snr_weight
+from refsr.train.diffusion import DiffusionModule, DiffusionStage, diffusion_target, min_snr_weight
 from refsr_cli.main import cli
 
 from test_models import MICRO, as_old_layout
@@ -327,6 +327,46 @@ def test_freeze_unet_trains_only_the_reference_branch(tmp_path, pairs_for_diffus
         r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "-o", str(tmp_path / "bad"),
                                      "--freeze-unet", *bad])
         assert r.exit_code == 2 and "--freeze-unet" in r.output and "needs --kind ldm-ca" in r.output, r.output
+        assert not (tmp_path / "bad").exists()
+
+
+def test_ca_levels_add_positions_to_a_trained_branch_that_start_at_zero(tmp_path, pairs_for_diffusion):
+    """--ca-levels with --init-from a trained ldm-ca: the new decoder positions start at zero, so
+    the model predicts exactly what it did (bit for bit) and keeps every trained weight; training
+    (here with --freeze-unet) then moves the new positions. A branch built from the config takes
+    the positions given; dropping a trained position or naming one that does not exist is a usage error."""
+    manifest, matches, vq = pairs_for_diffusion
+    opts = lambda out, steps: TrainOptions(output=out, steps=steps, batch_size=2, lr=1e-2, device="cpu",  # noqa: E731
+                                           checkpoint_every=10, warmup_steps=0, validate_every=0, log_every=1,
+                                           ema_decay=0.0)
+    first = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", vqvae=vq, matches=matches, ref_dropout=0.0,
+                           ca_levels=[0])
+    assert first.model.ref_branch.levels == [0]  # the config's [0, 1, 2] overridden
+    base = run_training(first, opts(tmp_path / "base", 2))
+    stage = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", init_from=base, matches=matches,
+                           freeze_unet=True, ca_levels=[2, 0, 1])
+    old, grown = RefSRModel.from_pretrained(base), stage.model
+    assert grown.ref_branch.levels == [0, 1, 2] and grown.ref_branch.config.ca_levels == [0, 1, 2]
+    kept = old.ref_branch.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in grown.ref_branch.state_dict().items() if k in kept)
+    batch = next(iter(torch.utils.data.DataLoader(stage.data, batch_size=2)))
+    module, old_module = stage.module(), DiffusionModule(old)
+    z, t = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([100, 400])
+    with torch.no_grad():
+        preds = [m.model(z, t, batch["lr"], *m.contexts(batch["lr"], batch["refs"], batch["ref_mask"]))
+                 for m in (old_module, module)]
+    assert bool(batch["ref_mask"].any()) and torch.equal(*preds)
+    ft = run_training(stage, opts(tmp_path / "ft", 3))
+    after = RefSRModel.from_pretrained(ft).ref_branch
+    assert after.levels == [0, 1, 2]
+    assert not torch.equal(after.attn["2"].to_out.weight, torch.zeros_like(after.attn["2"].to_out.weight))
+    with pytest.raises(ValueError, match=r"drop the trained position\(s\) \[0\]"):
+        DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", init_from=ft, matches=matches, ca_levels=[1, 2])
+    for levels, message in (("1,2", "drop the trained position(s) [0]"), ("0,1,2,7", "position 7 does not exist"),
+                            ("0,x", "not a comma-separated list of integers")):
+        r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "--init-from", str(ft), "--matches",
+                                     str(matches), "--ca-levels", levels, "-o", str(tmp_path / "bad")])
+        assert r.exit_code == 2 and "--ca-levels" in r.output and message in r.output, r.output
         assert not (tmp_path / "bad").exists()
 
 

@@ -359,3 +359,27 @@ def branch_for(unet, **kwargs) -> RefBranch:
     branch = RefBranch(encoder_config=encoder_config(unet.config), **kwargs)
     branch.init_from_unet(unet)
     return branch
+
+
+def with_levels(branch: RefBranch, ca_levels) -> RefBranch:
+    """``branch`` with cross-attention at ``ca_levels``: a superset of its own levels. Its
+    trained weights (E_LR, E_Ref, every level it has) are kept; a new level starts with its
+    zero output projection, so the model computes exactly what it did until it is trained.
+
+    Raises:
+        ValueError: ``ca_levels`` drops a level the branch has (its training would be lost).
+    """
+    levels = sorted({int(i) for i in ca_levels})
+    dropped = sorted(set(branch.levels) - set(levels))
+    if dropped:
+        raise ValueError(f"ca_levels: {levels} drop the trained position(s) {dropped}: a trained branch can only "
+                         f"gain positions (it has {branch.levels})")
+    if levels == branch.levels:
+        return branch
+    grown = RefBranch(**{**{k: v for k, v in branch.config.items() if not k.startswith("_")}, "ca_levels": levels})
+    missing, unexpected = grown.load_state_dict(branch.state_dict(), strict=False)
+    new = {f"attn.{i}." for i in set(levels) - set(branch.levels)}
+    assert not unexpected and all(any(k.startswith(p) for p in new) for k in missing), (missing, unexpected)
+    old = next(branch.parameters())
+    grown.to(old.device)
+    return grown if old.dtype == torch.float32 else grown.to(old.dtype)

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import InputError
 from ..models.autoencoder import LatentSpec, latent_spec_or_default
 from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config, upsample_lr
-from ..models.ref_branch import branch_for
+from ..models.ref_branch import branch_for, with_levels
 from ..sample.core import start_strength_for
 from .data import PairDataset
 from .loop import Stage, save_grid
@@ -56,15 +56,17 @@ def load_vqvae(path):
         raise InputError(f"{folder}: not a loadable VQModel ({str(e).splitlines()[0][:120]})") from None
 
 
-def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_type: str | None = None) -> RefSRModel:
+def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_type: str | None = None,
+                ca_levels=None) -> RefSRModel:
     """The model to train: from ``init_from`` (a diffusers LDM-SR or refsr folder: its unet/,
     vqvae/ and, for ``ldm-ca``, its trained ref_branch/ when it has one) or from ``config``,
     with the VQ of ``vqvae_dir`` if given (and its latent settings). ``prediction_type``
-    overrides the config's (or the initial model's).
+    overrides the config's (or the initial model's); ``ca_levels`` the config's decoder
+    positions with cross-attention, or adds positions to a trained branch (:func:`with_levels`).
 
     Raises:
         InputError: a VQ whose latent size or factor does not fit the U-Net.
-        ValueError: an unknown prediction type.
+        ValueError: an unknown prediction type; ``ca_levels`` that drop a trained level.
     """
     cfg = load_config(config)
     branch = None
@@ -88,7 +90,9 @@ def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_ty
     if kind != "ldm-ca":
         branch = None
     elif branch is None:  # a new branch starts from the U-Net's encoder; a trained one is kept
-        branch = branch_for(unet, **cfg["ref_branch"])
+        branch = branch_for(unet, **{**cfg["ref_branch"], **({} if ca_levels is None else {"ca_levels": ca_levels})})
+    elif ca_levels is not None:
+        branch = with_levels(branch, ca_levels)
     model = RefSRModel(vqvae, unet, branch, sched, kind, scale, cfg["patch_size"], cfg["ref_size"], cfg["max_refs"], latent)
     if init_from is not None:  # a fine-tuned model says what it started from (and how that was made)
         model.recipe = {"init_from": str(init_from), **({"base_recipe": dict(base.recipe)} if base.recipe else {})}
@@ -227,7 +231,8 @@ class DiffusionStage(Stage):
                  seed: int = 0, max_refs: int | None = None, ref_dropout: float | None = None,
                  degrade_on_the_fly: bool = False, validation_steps: int = 20,
                  prediction_type: str | None = None, min_snr_gamma: float | None = None,
-                 max_strength: float = 1.0, lr_start_fraction: float = 0.0, freeze_unet: bool = False):
+                 max_strength: float = 1.0, lr_start_fraction: float = 0.0, freeze_unet: bool = False,
+                 ca_levels=None):
         cfg = load_config(config)
         if freeze_unet and (kind != "ldm-ca" or init_from is None):
             raise ValueError("freezing the U-Net trains only the reference branch: it needs kind ldm-ca and "
@@ -235,7 +240,7 @@ class DiffusionStage(Stage):
         self.seed, self.validation_steps = seed, validation_steps
         self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
         torch.manual_seed(seed)
-        self.model = build_model(cfg, kind, vqvae, init_from, prediction_type)
+        self.model = build_model(cfg, kind, vqvae, init_from, prediction_type, ca_levels)
         self.model.recipe = {**self.model.recipe, "min_snr_gamma": self.min_snr_gamma}
         self.max_strength = float(max_strength)
         if self.max_strength < 1.0:  # sampling must not start above it (refsr.sample.start_strength_for)

@@ -27,6 +27,7 @@
 #   MAX_STRENGTH [0.5] LR [1e-4] LR_SCHEDULE [constant: run 4; cosine: run 5, decays to 0 at STEPS] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
 #   TRAIN_SEED [SEED: the training draws; a continued fine-tune takes a new one]
 #   FREEZE_UNET [0; 1: --freeze-unet, train the reference branch only]
+#   CA_LEVELS [the model's: --ca-levels, e.g. 0,1,2,3 adds full-resolution positions to its branch]
 #   LR_START [0: --lr-start-fraction] TRAIN_MATCHES [WORK/matches_train.jsonl] DRAWS [the model's: --draws of val/test]
 #   RUN [WORK/runs/ldm-ca-ft: the training run, and the ft model of val/test]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"]
@@ -40,7 +41,8 @@ EMA=${EMA:-0.995}; SEED=${SEED:-0}; TRAIN_SEED=${TRAIN_SEED:-$SEED}; VAL_STRENGT
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}; VAL_STEPS=${VAL_STEPS:-$SAMPLE_STEPS}; VAL_MODELS=${VAL_MODELS:-base ft}
 TEST_MODELS=${TEST_MODELS:-ft}; TEST_FIXES=${TEST_FIXES:-wavelet none}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
-FREEZE_UNET=${FREEZE_UNET:-0}; freeze=(); [ "$FREEZE_UNET" = 1 ] && freeze=(--freeze-unet)
+FREEZE_UNET=${FREEZE_UNET:-0}; branch=(); [ "$FREEZE_UNET" = 1 ] && branch=(--freeze-unet)
+CA_LEVELS=${CA_LEVELS:-}; [ -n "$CA_LEVELS" ] && branch+=(--ca-levels "$CA_LEVELS")
 LR_START=${LR_START:-0}; TRAIN_MATCHES=${TRAIN_MATCHES:-$WORK/matches_train.jsonl}; DRAWS=${DRAWS:-}
 draws=(); [ -n "$DRAWS" ] && draws=(--draws "$DRAWS")
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -78,10 +80,10 @@ if has train; then
   stamp "train: from $MODEL, timesteps below $MAX_STRENGTH x T, $MINUTES min"
   refsr train diffusion "$WORK/pairs_train/manifest.jsonl" --matches "$TRAIN_MATCHES" \
       --init-from "$MODEL" --kind ldm-ca --config small --max-strength "$MAX_STRENGTH" --min-snr-gamma 5 \
-      --lr-start-fraction "$LR_START" "${freeze[@]}" \
+      --lr-start-fraction "$LR_START" "${branch[@]}" \
       --lr "$LR" --warmup 50 --lr-schedule "$LR_SCHEDULE" --ema-decay "$EMA" --batch-size "$BATCH" --steps "$STEPS" \
       --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 --log-every 25 --seed "$TRAIN_SEED" \
-      --device cpu --resume -o "$RUN" 2>&1 | tee "$WORK/train.log" | tail -n 3
+      --device cpu --resume -o "$RUN" 2>&1 | tee "$WORK/train_$(basename "$RUN").log" | tail -n 3
 fi
 
 evaluate() {  # NAME PRED MANIFEST
