@@ -320,6 +320,9 @@ def diffusion(**o):
     if o["freeze_unet"] and (o["kind"] != "ldm-ca" or o["init_from"] is None):
         raise click.BadParameter("trains only the reference branch: it needs --kind ldm-ca and a trained U-Net "
                                  "(--init-from DIR)", param_hint="--freeze-unet")
+    if o["ca_levels"] is not None and o["kind"] != "ldm-ca":
+        raise click.BadParameter("cross-attention positions belong to the reference branch: they need --kind ldm-ca",
+                                 param_hint="--ca-levels")
     opts = train_options(o, load_config(o["config"])["train"])
     try:
         stage = DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],

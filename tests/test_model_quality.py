@@ -334,7 +334,8 @@ def test_ca_levels_add_positions_to_a_trained_branch_that_start_at_zero(tmp_path
     """--ca-levels with --init-from a trained ldm-ca: the new decoder positions start at zero, so
     the model predicts exactly what it did (bit for bit) and keeps every trained weight; training
     (here with --freeze-unet) then moves the new positions. A branch built from the config takes
-    the positions given; dropping a trained position or naming one that does not exist is a usage error."""
+    the positions given; dropping a trained position, naming one that does not exist, or giving
+    positions to kind ldm (no branch) is a usage error."""
     manifest, matches, vq = pairs_for_diffusion
     opts = lambda out, steps: TrainOptions(output=out, steps=steps, batch_size=2, lr=1e-2, device="cpu",  # noqa: E731
                                            checkpoint_every=10, warmup_steps=0, validate_every=0, log_every=1,
@@ -363,9 +364,9 @@ def test_ca_levels_add_positions_to_a_trained_branch_that_start_at_zero(tmp_path
     with pytest.raises(ValueError, match=r"drop the trained position\(s\) \[0\]"):
         DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", init_from=ft, matches=matches, ca_levels=[1, 2])
     for levels, message in (("1,2", "drop the trained position(s) [0]"), ("0,1,2,7", "position 7 does not exist"),
-                            ("0,x", "not a comma-separated list of integers")):
+                            ("0,x", "not a comma-separated list of integers"), ("0,1,2 --kind ldm", "need --kind ldm-ca")):
         r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "--init-from", str(ft), "--matches",
-                                     str(matches), "--ca-levels", levels, "-o", str(tmp_path / "bad")])
+                                     str(matches), "--ca-levels", *levels.split(), "-o", str(tmp_path / "bad")])
         assert r.exit_code == 2 and "--ca-levels" in r.output and message in r.output, r.output
         assert not (tmp_path / "bad").exists()
 
