@@ -363,6 +363,8 @@ def test_ca_levels_add_positions_to_a_trained_branch_that_start_at_zero(tmp_path
     assert not torch.equal(after.attn["2"].to_out.weight, torch.zeros_like(after.attn["2"].to_out.weight))
     with pytest.raises(ValueError, match=r"drop the trained position\(s\) \[0\]"):
         DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", init_from=ft, matches=matches, ca_levels=[1, 2])
+    with pytest.raises(ValueError, match="they need kind ldm-ca"):  # not silently ignored by the library either
+        DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", init_from=ft, ca_levels=[0, 1, 2])
     for levels, message in (("1,2", "drop the trained position(s) [0]"), ("0,1,2,7", "position 7 does not exist"),
                             ("0,x", "not a comma-separated list of integers"), ("0,1,2 --kind ldm", "need --kind ldm-ca")):
         r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "--init-from", str(ft), "--matches",

@@ -376,7 +376,7 @@ def with_levels(branch: RefBranch, ca_levels) -> RefBranch:
                          f"gain positions (it has {branch.levels})")
     if levels == branch.levels:
         return branch
-    grown = RefBranch(**{**{k: v for k, v in branch.config.items() if not k.startswith("_")}, "ca_levels": levels})
+    grown = RefBranch.from_config(branch.config, ca_levels=levels)
     missing, unexpected = grown.load_state_dict(branch.state_dict(), strict=False)
     new = {f"attn.{i}." for i in set(levels) - set(branch.levels)}
     assert not unexpected and all(any(k.startswith(p) for p in new) for k in missing), (missing, unexpected)

@@ -237,6 +237,8 @@ class DiffusionStage(Stage):
         if freeze_unet and (kind != "ldm-ca" or init_from is None):
             raise ValueError("freezing the U-Net trains only the reference branch: it needs kind ldm-ca and "
                              "a trained U-Net to start from (--init-from)")
+        if ca_levels is not None and kind != "ldm-ca":
+            raise ValueError("ca_levels: cross-attention positions belong to the reference branch: they need kind ldm-ca")
         self.seed, self.validation_steps = seed, validation_steps
         self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
         torch.manual_seed(seed)
