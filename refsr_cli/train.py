@@ -206,7 +206,8 @@ def report_trained(stage: str, opts, model, detail: str = "") -> None:
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Start from a trained VQ (an autoencoder run, a model folder or a VQModel folder).")
 @click.option("--decoder-only", is_flag=True, help="Train only the decoder (with --init-from): the encoder and "
-              "codebook stay frozen, so the latents, and a denoiser trained on them, stay valid.")
+              "codebook stay frozen, so the latents, and a denoiser trained on them, stay valid (the export keeps "
+              "the latent scale of --init-from).")
 @click.option("--decode", type=click.Choice(DECODE_MODES), default="quantized", show_default=True,
               help="Train the decoder on the codebook vectors (LDM-SR) or on the encoder's continuous latents. "
               "The export records whichever decodes the held-out images better.")
@@ -235,6 +236,8 @@ def autoencoder(**o):
     from refsr.train import run_training
     from refsr.train.autoencoder import AutoencoderStage
 
+    if o["decoder_only"] and o["init_from"] is None:
+        raise click.BadParameter("keeps a trained encoder: it needs --init-from DIR", param_hint="--decoder-only")
     opts = train_options(o, load_config(o["config"])["train"])
     stage = AutoencoderStage(o["data"], config=o["config"], seed=o["seed"], lpips=not o["no_lpips"],
                              holdout=o["holdout"], val=o["val"], val_images=o["val_images"], init_from=o["init_from"],
@@ -288,6 +291,12 @@ def autoencoder(**o):
               "resolution; one more per up block, the last at full latent resolution; default: config, small "
               "0,1). With --init-from a trained ldm-ca, adds positions to its branch: the new ones start at "
               "zero (the model is unchanged until trained), its trained ones are kept.")
+@click.option("--self-ref-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Of the samples with references, this fraction gets a view of its own HR crop in place of one "
+              "of them (a square around the patch at another scale and position, cut as matched fragments are): "
+              "training then rewards copying from a reference that holds the target (as a stereo view or another "
+              "photo of the same object does), which matches from other photos never do (kind ldm-ca; recorded "
+              "as recipe.self_ref_fraction).")
 @loop_options()
 def diffusion(**o):
     """Train the diffusion denoiser (kind ldm) or the denoiser with the reference branch
@@ -320,6 +329,9 @@ def diffusion(**o):
     if o["freeze_unet"] and (o["kind"] != "ldm-ca" or o["init_from"] is None):
         raise click.BadParameter("trains only the reference branch: it needs --kind ldm-ca and a trained U-Net "
                                  "(--init-from DIR)", param_hint="--freeze-unet")
+    if o["self_ref_fraction"] > 0 and o["kind"] != "ldm-ca":
+        raise click.BadParameter("self references feed the reference branch: they need --kind ldm-ca",
+                                 param_hint="--self-ref-fraction")
     if o["ca_levels"] is not None and o["kind"] != "ldm-ca":
         raise click.BadParameter("cross-attention positions belong to the reference branch: they need --kind ldm-ca",
                                  param_hint="--ca-levels")
@@ -330,7 +342,8 @@ def diffusion(**o):
                                ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
                                prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
                                max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"],
-                               freeze_unet=o["freeze_unet"], ca_levels=o["ca_levels"])
+                               freeze_unet=o["freeze_unet"], ca_levels=o["ca_levels"],
+                               self_ref_fraction=o["self_ref_fraction"])
     except ValueError as e:  # positions that the U-Net lacks or that drop trained ones (known once it is loaded)
         if not str(e).startswith("ca_levels: "):
             raise

@@ -578,17 +578,84 @@ def test_training_refuses_a_box_outside_its_image_as_sampling_does(tmp_path, ast
         data._fragment(ref)
 
 
+def test_self_reference_is_a_view_of_the_samples_own_hr_cut_as_matches_are(tmp_path, astronaut, coffee):
+    """--self-ref-fraction: with fraction 1 every sample with references has exactly one slot
+    holding cut_fragment of its own HR crop at the recorded box, a square of side >= the
+    patch that shows the patch's centre; the other slots are its matches as before. Fraction
+    0 leaves every sample (and the random stream) exactly as without the option; with kind
+    ldm or outside [0, 1] it is an error, and the fraction is recorded in the model's recipe."""
+    from refsr.io import image_to_tensor, read_rgb
+    from refsr.sample.references import cut_fragment
+    from refsr.train.data import PairDataset, self_view_box
+
+    from test_train import make_pairs
+
+    manifest, matches = make_pairs(tmp_path / "pairs", {"astronaut": astronaut, "coffee": coffee})
+    plain = PairDataset(manifest, 32, 4, matches, ref_size=24, max_refs=2, seed=3)
+    zero = PairDataset(manifest, 32, 4, matches, ref_size=24, max_refs=2, seed=3, self_ref_fraction=0.0)
+    one = PairDataset(manifest, 32, 4, matches, ref_size=24, max_refs=2, seed=3, self_ref_fraction=1.0)
+    hrs = [read_rgb(r["hr_path"]) for r in plain.pairs]
+    for g in range(12):
+        a, b, c = plain[g], zero[g], one[g]
+        assert a.keys() == b.keys() and "self_ref_box" not in a and a["index"] == b["index"] == c["index"]
+        assert all(torch.equal(a[k], b[k]) for k in ("hr", "lr", "refs", "ref_mask"))
+        assert torch.equal(a["hr"], c["hr"]) and torch.equal(a["ref_mask"], c["ref_mask"])
+        x, y, side, side_y = c["self_ref_box"].tolist()
+        hr = hrs[c["index"]]
+        assert side == side_y and 32 <= side <= min(hr.shape[:2]) and x + side <= hr.shape[1] and y + side <= hr.shape[0]
+        own = image_to_tensor(cut_fragment(hr, [x, y, side, side], 24), (-1, 1))
+        slots = [j for j in range(2) if torch.equal(c["refs"][j], own)]
+        assert len(slots) == 1 and c["ref_mask"][slots[0]]
+        others = [j for j in range(2) if j != slots[0]]
+        assert all(torch.equal(c["refs"][j], a["refs"][j]) for j in others)  # the matches' slots unchanged
+        # the patch is the HR at some offset: the view's box shows the patch's centre
+        offsets = [(py, px) for py in range(0, hr.shape[0] - 31, 4) for px in range(0, hr.shape[1] - 31, 4)
+                   if torch.equal(image_to_tensor(hr[py:py + 32, px:px + 32], (-1, 1)), c["hr"])]
+        assert any(x <= px + 16 <= x + side and y <= py + 16 <= y + side for py, px in offsets)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # the box shows the patch's centre wherever the patch is
+        px, py = int(rng.integers(0, 65 - 32)), int(rng.integers(0, 49 - 32))
+        bx, by, side, _ = self_view_box(48, 64, [px, py, 32, 32], rng)
+        assert 32 <= side <= 48 and 0 <= bx <= 64 - side and 0 <= by <= 48 - side
+        assert bx <= px + 16 <= bx + side and by <= py + 16 <= by + side
+    with pytest.raises(ValueError, match=r"self reference fraction must be in \[0, 1\]"):
+        PairDataset(manifest, 32, 4, matches, ref_size=24, max_refs=2, self_ref_fraction=1.5)
+
+
+def test_self_ref_fraction_needs_kind_ldm_ca_and_is_recorded(tmp_path, pairs_for_diffusion):
+    manifest, matches, vq = pairs_for_diffusion
+    stage = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm-ca", vqvae=vq, matches=matches, self_ref_fraction=0.5)
+    assert stage.model.recipe["self_ref_fraction"] == 0.5 and stage.data.self_ref_fraction == 0.5
+    with pytest.raises(ValueError, match="they need kind ldm-ca"):
+        DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", vqvae=vq, self_ref_fraction=0.5)
+    r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "--vqvae", str(vq), "--kind", "ldm",
+                                 "--self-ref-fraction", "0.5", "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "--self-ref-fraction" in r.output and "need --kind ldm-ca" in r.output, r.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_decoder_only_fine_tuning_keeps_the_latents(tmp_path, ae_run):
     """--init-from + --decoder-only + --decode continuous: the encoder (so the latents a
     denoiser was trained on) is unchanged, the decoder moved, and the export decodes the
-    continuous latent when that is what the held-out images prefer."""
+    continuous latent when that is what the held-out images prefer. The latent scale is the
+    one the encoder's folder had (here 0.5, far from a measured 1 / std), so a denoiser
+    trained on those latents sees them as before; without --init-from it is a usage error."""
+    import shutil
+
     from diffusers import VQModel
+
+    from refsr.models.autoencoder import write_latent_spec
 
     stage, run, model = ae_run
     photos = stage.data.paths[0].parent
-    ft = AutoencoderStage(photos, config=AE_CONFIG, lpips=False, holdout=0.5, init_from=run, decoder_only=True,
+    init = tmp_path / "init"
+    shutil.copytree(model / "vqvae", init)
+    measured = read_latent_spec(init).scale
+    write_latent_spec(init, LatentSpec(scale=0.5, decode_quantized=True))
+    ft = AutoencoderStage(photos, config=AE_CONFIG, lpips=False, holdout=0.5, init_from=init, decoder_only=True,
                           decode="continuous")
     out = run_training(ft, _ae_opts(tmp_path / "ft", steps=2))
+    assert read_latent_spec(out / "vqvae").scale == 0.5 and abs(measured - 0.5) > 0.1
     before, after = VQModel.from_pretrained(model / "vqvae"), VQModel.from_pretrained(out / "vqvae")
     b, a = before.state_dict(), after.state_dict()
     frozen = [k for k in b if k.startswith(("encoder.", "quant_conv.", "quantize."))]
@@ -597,6 +664,26 @@ def test_decoder_only_fine_tuning_keeps_the_latents(tmp_path, ae_run):
     ev = read_json(tmp_path / "ft" / "eval.json")
     spec = read_latent_spec(out / "vqvae")
     assert spec.decode_quantized == (ev["quantized"]["psnr"] >= ev["continuous"]["psnr"])
+    r = CliRunner().invoke(cli, ["train", "autoencoder", str(photos), "--decoder-only", "-o", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "--decoder-only" in r.output and "needs --init-from" in r.output, r.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_model_folders_vq_brings_the_models_latent_settings(tmp_path):
+    """--vqvae or --init-from a model folder: the latent scale and decoding are the model's
+    (model_index.json), not scale 1 with quantised decoding for a vqvae/ without its own file."""
+    from refsr.models.autoencoder import LATENT_FILE
+    from refsr.train.diffusion import build_model, vq_latent_spec
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm")
+    model.latent = LatentSpec(scale=2.5, decode_quantized=False)
+    model.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m" / "vqvae" / LATENT_FILE).exists()
+    spec = vq_latent_spec(tmp_path / "m")
+    assert (spec.scale, spec.decode_quantized) == (2.5, False)
+    built = build_model(MICRO, "ldm", vqvae_dir=tmp_path / "m")
+    assert (built.latent.scale, built.latent.decode_quantized) == (2.5, False)
 
 
 def test_a_txt_list_of_images_is_training_data(tmp_path, astronaut, coffee, motorcycle_pair):

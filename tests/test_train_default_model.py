@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from refsr.io import read_json, write_image
 
@@ -35,8 +36,12 @@ def _fake_data(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
+    """From scratch (INIT_FROM=none), then from that run's model as the default recipe starts
+    from the shipped one: decoder-only autoencoder (same encoder, same latent scale), both
+    denoisers fine-tuned with run 7's recipe, the model before as a row of the table, and the
+    evaluated sampling recorded as the exported model's recommended one."""
     data = _fake_data(tmp_path / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DATA": str(data), "PACK": str(tmp_path / "pack"),
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DATA": str(data), "PACK": str(tmp_path / "pack"), "INIT_FROM": "none",
            "WORK": str(tmp_path / "work"), "RESULTS": str(tmp_path / "results"), "DEVICE": "cpu", "CONFIG": "tiny",
            "CROP": "64", "BATCH": "2", "WORKERS": "0", "AE_STEPS": "2", "STEPS": "2", "SAMPLE_STEPS": "2",
            "AE_MAX_MINUTES": "0", "MAX_MINUTES": "0", "AE_HOLDOUT": "0.3", "PYTHON": sys.executable,
@@ -51,7 +56,8 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     assert pack["test"] == 4 and pack["val"] == 2 and pack["test_general"] >= 1  # 2 test + 1 val per species
     table = (results / "table.txt").read_text()
     assert "fair: both models made 2 optimizer steps" in table
-    for row in ("Autoencoder ceiling", "LDM+CA no refs", "LDM+CA start 0.5", "PSNR"):
+    for row in ("Autoencoder ceiling", "LDM+CA no refs", "LDM+CA start 0.5", "PSNR", "ground truth as reference (oracle)",
+                "noise as reference"):
         assert row in table
     ae = read_json(results / "autoencoder_eval.json")
     assert ae["images"] >= 1 and ae["border"] == 4
@@ -67,3 +73,23 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
 
     model = RefSRModel.from_pretrained(results / "default_model")
     assert model.latent.scale == meta["latent_scale"]
+
+    # from the model above, as the GPU run starts from the shipped one
+    warm_env = {**env, "INIT_FROM": str(results / "default_model"), "WORK": str(tmp_path / "warm"),
+                "RESULTS": str(tmp_path / "warm_results")}
+    stages = "pairs retrieval autoencoder diffusion eval export"
+    run = subprocess.run(["bash", "scripts/train_default_model.sh", *stages.split()], cwd=ROOT, env=warm_env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    warm = tmp_path / "warm_results"
+    table = (warm / "table.txt").read_text()
+    assert "fair: both models made 2 optimizer steps" in table and "as shipped" in table
+    after = RefSRModel.from_pretrained(warm / "default_model")
+    recipe = after.recipe
+    assert recipe["init_from"] == str(results / "default_model") and recipe["max_strength"] == 0.5
+    assert recipe["lr_start_fraction"] == 0.5 and recipe["self_ref_fraction"] == 0.5
+    assert (recipe["recommended_steps"], recipe["recommended_draws"], recipe["recommended_start_strength"],
+            recipe["recommended_color_fix"]) == (4, 4, 0.5, "wavelet")
+    assert after.prediction_type == "v_prediction" and after.latent.scale == model.latent.scale
+    enc_before, enc_after = model.vqvae.encoder.state_dict(), after.vqvae.encoder.state_dict()
+    assert all(torch.equal(enc_before[k], enc_after[k]) for k in enc_before)  # decoder-only: the same latents

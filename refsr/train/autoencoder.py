@@ -144,8 +144,8 @@ class AutoencoderStage(Stage):
     images of the evaluation (at most ``val_images``, centred squares of ``eval_size``).
     ``init_from`` starts from a trained VQ (an autoencoder run, a model folder or a
     ``VQModel`` folder); ``decoder_only`` freezes the encoder and the codebook, so the
-    latents (and any denoiser trained on them) stay valid; ``decode`` as
-    :class:`AutoencoderModule`.
+    latents (and any denoiser trained on them) stay valid, and the export keeps the latent
+    scale they were normalised with; ``decode`` as :class:`AutoencoderModule`.
     """
 
     name = "autoencoder"
@@ -174,7 +174,13 @@ class AutoencoderStage(Stage):
             self.vqvae = load_vqvae(init_from).float()
         else:
             self.vqvae = build_vqvae(self.cfg["vqvae"])
+        self.kept_scale = None
         if decoder_only:
+            if init_from is None:
+                raise ValueError("decoder-only training keeps a trained encoder: it needs init_from")
+            from .diffusion import vq_latent_spec
+
+            self.kept_scale = vq_latent_spec(init_from).scale  # same latents: same normalisation
             for part in ENCODER_PARTS:
                 getattr(self.vqvae, part).requires_grad_(False)
         self.decode = decode
@@ -210,8 +216,10 @@ class AutoencoderStage(Stage):
         return self.final_eval
 
     def latent_spec(self, module, crops: int = 64, batch: int = 16) -> LatentSpec:
-        """Scale 1 / std of the latents of ``crops`` training crops; the decoding the held-out
-        evaluation found better, or without held-out images the one the decoder was trained on."""
+        """Scale 1 / std of the latents of ``crops`` training crops (a decoder-only run keeps the
+        scale of the VQ it started from: its latents are those, and so is any denoiser trained on
+        them); the decoding the held-out evaluation found better, or without held-out images the
+        one the decoder was trained on."""
         device = next(module.vqvae.parameters()).device
         items = (self.data[2 * 10**12 + j]["hr"] for j in range(crops))
         batches = (torch.stack([next(items) for _ in range(min(batch, crops - i))]).to(device) for i in range(0, crops, batch))
@@ -222,8 +230,10 @@ class AutoencoderStage(Stage):
         quantized = self.decode == "quantized"
         if self.final_eval is not None:
             quantized = self.final_eval["quantized"]["psnr"] >= self.final_eval["continuous"]["psnr"]
-        return LatentSpec(scale=round(1.0 / max(stats["std"], 1e-6), 6), decode_quantized=quantized,
-                          stats={**stats, "crops": crops, "patch": self.patch})
+        scale = round(1.0 / max(stats["std"], 1e-6), 6) if self.kept_scale is None else self.kept_scale
+        extra = {} if self.kept_scale is None else {"scale": "kept from the encoder's folder (decoder-only run)"}
+        return LatentSpec(scale=scale, decode_quantized=quantized,
+                          stats={**stats, "crops": crops, "patch": self.patch, **extra})
 
     def export(self, module, folder: Path) -> None:
         from ..io import replace_dir, temp_dir_beside

@@ -142,6 +142,11 @@ class PairDataset(torch.utils.data.Dataset):
     in [-1, 1] and ``ref_mask`` (N,) bool (True = real reference), N = ``max_refs``.
     References: a random subset of 1..N of the target's matches in random order, or none
     with probability ``ref_dropout``; each is the match's box, resized to S x S.
+    With probability ``self_ref_fraction`` (of the samples that get references) one of them,
+    in a random slot, is instead a view of the sample's own HR crop (:func:`self_view_box`):
+    a reference that holds the target's content, as a stereo view or another photo of the
+    same object would, which matches from other photos never give; ``self_ref_box`` (4,)
+    is its box in the HR crop, all -1 without one.
     With ``lr_from_hr`` the LR patch is omitted (degraded on the fly by the trainer).
 
     Raises:
@@ -150,8 +155,11 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, manifest, patch_size, scale, matches=None, ref_size=None, max_refs=0,
-                 ref_dropout=0.0, seed=0, lr_from_hr=False):
+                 ref_dropout=0.0, seed=0, lr_from_hr=False, self_ref_fraction=0.0):
+        if not 0.0 <= self_ref_fraction <= 1.0:
+            raise ValueError(f"self reference fraction must be in [0, 1], got {self_ref_fraction}")
         self.pairs = read_pair_manifest(manifest)
+        self.self_ref_fraction = float(self_ref_fraction)
         self.patch, self.scale, self.seed, self.lr_from_hr = patch_size, scale, seed, lr_from_hr
         self.ref_size, self.max_refs, self.ref_dropout = ref_size or patch_size, max_refs, ref_dropout
         if patch_size % scale:
@@ -184,17 +192,25 @@ class PairDataset(torch.utils.data.Dataset):
         load = lambda: cut_fragment(read_rgb(ref["abs_path"]), ref["box"], self.ref_size, ref["abs_path"])  # noqa: E731
         return self._cached(("ref", str(ref["abs_path"]), tuple(ref["box"])), load)
 
-    def _references(self, pair_id: str, rng) -> tuple[torch.Tensor, torch.Tensor]:
+    def _references(self, pair_id: str, rng, hr: np.ndarray, patch_box: list[int]):
+        """(refs, ref_mask, self_ref_box) of one sample (see the class docstring)."""
         refs = torch.zeros(self.max_refs, 3, self.ref_size, self.ref_size)
         mask = torch.zeros(self.max_refs, dtype=torch.bool)
+        self_box = torch.full((4,), -1, dtype=torch.long)
         cands = self.refs.get(pair_id, [])
         if not cands or self.max_refs == 0 or rng.random() < self.ref_dropout:
-            return refs, mask
+            return refs, mask, self_box
         n = int(rng.integers(1, min(self.max_refs, len(cands)) + 1))
         for j, k in enumerate(rng.permutation(len(cands))[:n]):
             refs[j] = image_to_tensor(self._fragment(cands[k]), (-1, 1))
             mask[j] = True
-        return refs, mask
+        if self.self_ref_fraction > 0 and rng.random() < self.self_ref_fraction:  # (drawn only then: runs
+            from ..sample.references import cut_fragment                          # without it keep their stream)
+
+            box = self_view_box(hr.shape[0], hr.shape[1], patch_box, rng)
+            refs[int(rng.integers(n))] = image_to_tensor(cut_fragment(hr, box, self.ref_size), (-1, 1))
+            self_box = torch.tensor(box)
+        return refs, mask, self_box
 
     def __getitem__(self, g: int) -> dict:
         rng = rng_for(self.seed, "pair-sample", g)
@@ -210,8 +226,26 @@ class PairDataset(torch.utils.data.Dataset):
             item["lr"] = image_to_tensor(lr[y : y + p // s, x : x + p // s], (-1, 1))
         else:  # degraded on the fly by the trainer, with parameters drawn from this key
             item["degrade_key"] = f"sample-{g}"
-        item["refs"], item["ref_mask"] = self._references(self.pairs[i]["id"], rng)
+        item["refs"], item["ref_mask"], self_box = self._references(self.pairs[i]["id"], rng, hr, [x * s, y * s, p, p])
+        if self.self_ref_fraction > 0:
+            item["self_ref_box"] = self_box
         return item
+
+
+def self_view_box(height: int, width: int, patch_box, rng) -> list[int]:
+    """A square [x, y, w, w] in a ``height`` x ``width`` HR crop that shows the training patch
+    ``patch_box`` [x, y, p, p] (at least its centre) at another scale and position: side
+    uniform in [p, min(height, width)], centre shifted from the patch's by up to p/4 on
+    each axis, then moved inside the crop. Cut with :func:`refsr.sample.references.cut_fragment`
+    it is a reference that holds the target, at the scale a matched window of the crop's
+    size would have."""
+    px, py, p, _ = (int(v) for v in patch_box)
+    side = int(rng.integers(p, max(p, min(height, width)) + 1))
+    cx = px + p / 2 + rng.uniform(-p / 4, p / 4)
+    cy = py + p / 2 + rng.uniform(-p / 4, p / 4)
+    x = int(np.clip(round(cx - side / 2), 0, max(width - side, 0)))
+    y = int(np.clip(round(cy - side / 2), 0, max(height - side, 0)))
+    return [x, y, side, side]
 
 
 def _index_matches(matches, pairs: list[dict], manifest) -> dict[str, list[dict]]:

@@ -46,6 +46,18 @@ def resolve_vqvae_dir(path) -> Path:
     raise InputError(f"{path}: no VQ autoencoder found (looked for model/vqvae/, vqvae/ and config.json)")
 
 
+def vq_latent_spec(path) -> LatentSpec:
+    """The latent settings that go with the VQ of ``path`` (as :func:`resolve_vqvae_dir`): a
+    model folder's own, as the model loads them (a model's ``vqvae/`` has no settings file of
+    its own), else the VQ folder's ``refsr_latent.json``, else scale 1 with quantised decoding
+    (said once)."""
+    path = Path(path)
+    for folder in (path / "model", path):
+        if (folder / "unet" / "config.json").is_file() and (folder / "vqvae" / "config.json").is_file():
+            return RefSRModel.from_pretrained(folder).latent
+    return latent_spec_or_default(resolve_vqvae_dir(path))
+
+
 def load_vqvae(path):
     from diffusers import VQModel
 
@@ -82,7 +94,7 @@ def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_ty
             raise ValueError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
         sched = {**sched, "prediction_type": prediction_type}
     if vqvae_dir is not None:
-        vqvae, latent = load_vqvae(vqvae_dir), latent_spec_or_default(resolve_vqvae_dir(vqvae_dir))
+        vqvae, latent = load_vqvae(vqvae_dir), vq_latent_spec(vqvae_dir)
         try:
             check_compatible(vqvae, unet, scale)
         except InputError as e:
@@ -232,13 +244,15 @@ class DiffusionStage(Stage):
                  degrade_on_the_fly: bool = False, validation_steps: int = 20,
                  prediction_type: str | None = None, min_snr_gamma: float | None = None,
                  max_strength: float = 1.0, lr_start_fraction: float = 0.0, freeze_unet: bool = False,
-                 ca_levels=None):
+                 ca_levels=None, self_ref_fraction: float = 0.0):
         cfg = load_config(config)
         if freeze_unet and (kind != "ldm-ca" or init_from is None):
             raise ValueError("freezing the U-Net trains only the reference branch: it needs kind ldm-ca and "
                              "a trained U-Net to start from (--init-from)")
         if ca_levels is not None and kind != "ldm-ca":
             raise ValueError("ca_levels: cross-attention positions belong to the reference branch: they need kind ldm-ca")
+        if self_ref_fraction > 0 and kind != "ldm-ca":
+            raise ValueError("self references feed the reference branch: they need kind ldm-ca")
         self.seed, self.validation_steps = seed, validation_steps
         self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
         torch.manual_seed(seed)
@@ -250,6 +264,8 @@ class DiffusionStage(Stage):
         self.lr_start_fraction = float(lr_start_fraction)
         if self.lr_start_fraction > 0:
             self.model.recipe["lr_start_fraction"] = self.lr_start_fraction
+        if self_ref_fraction > 0:
+            self.model.recipe["self_ref_fraction"] = float(self_ref_fraction)
         self.freeze_unet = bool(freeze_unet)
         if self.freeze_unet:  # the loop optimises what requires grad: the branch only
             self.model.unet.requires_grad_(False)
@@ -261,7 +277,7 @@ class DiffusionStage(Stage):
             log.warning("kind ldm-ca without --matches: the reference branch will see no references")
         self.data = PairDataset(data, self.model.patch_size, self.model.scale, matches if kind == "ldm-ca" else None,
                                 self.model.ref_size, n_refs if kind == "ldm-ca" else 0, ref_dropout, seed,
-                                lr_from_hr=degrade_on_the_fly)
+                                lr_from_hr=degrade_on_the_fly, self_ref_fraction=self_ref_fraction)
         self.degrade = OnTheFlyDegrade(self.model.scale, seed) if degrade_on_the_fly else None
         self.find_unused_parameters = kind == "ldm-ca"
 
