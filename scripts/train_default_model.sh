@@ -155,9 +155,10 @@ if has eval; then
   $PYTHON scripts/experiments/ae_reconstruct.py "$WORK/runs/vq" "$T" "$R/autoencoder"
   wait
   for name in bicubic autoencoder "${before[@]}" ldm ldm-ca_norefs ldm-ca "ldm-ca_s$START_STRENGTH" ldm-ca_oracle ldm-ca_noise; do
-    evaluate "$name" "$R/$name" "$T"
+    OMP_NUM_THREADS=2 evaluate "$name" "$R/$name" "$T" > "$WORK/eval/eval_$name.txt" &   # side by side: NIQE is CPU work
   done
-  for name in bicubic ldm-ca; do evaluate "general_$name" "$R/general_$name" "$G"; done
+  for name in bicubic ldm-ca; do OMP_NUM_THREADS=2 evaluate "general_$name" "$R/general_$name" "$G" > "$WORK/eval/eval_general_$name.txt" & done
+  wait
   e="$WORK/eval"
   { echo "# test birds (${SAMPLE_STEPS} DDIM steps from each model's recommended start: from noise, or MAX_STRENGTH $MAX_STRENGTH); $fair"
     names="Bicubic,Autoencoder ceiling,"; reports=("$e/report_bicubic.json" "$e/report_autoencoder.json")

@@ -243,6 +243,7 @@ class AutoencoderStage(Stage):
         module.vqvae.save_pretrained(tmp / "vqvae", safe_serialization=True)
         write_latent_spec(tmp / "vqvae", spec)
         replace_dir(tmp, folder)
-        log.info("latent std %.4f -> latent scale %.4f; decoding %s the quantiser", spec.stats["std"], spec.scale,
+        log.info("latent std %.4f -> latent scale %.4f%s; decoding %s the quantiser", spec.stats["std"], spec.scale,
+                 "" if self.kept_scale is None else " (kept from the encoder's folder: a decoder-only run)",
                  "through" if spec.decode_quantized else "without")
 
