@@ -36,13 +36,13 @@
 # Why from the shipped model by default: in the ~7 minutes of training one command allows, a
 # from-scratch run reaches ~1,500 steps of ldm-ca (run 1 measured ~7.4 steps/s beside ldm on an
 # H100): less than went into the shipped model (docs/results.md runs 1-7), so it would not
-# replace it; fine-tuned from it at batch 64, both denoisers see ~20x the samples of all its CPU
-# fine-tuning, with run 7's recipe (timesteps below MAX_STRENGTH x T, half of each batch
+# replace it; fine-tuned from it at batch 64, both denoisers see 83,200 samples (all its CPU
+# fine-tuning, runs 4-7, saw 67,700; a CPU hour sees 18,000), with run 7's recipe (timesteps below MAX_STRENGTH x T, half of each batch
 # trained as sampling starts).
 # Knobs (environment; defaults in brackets): PACK [gpu_data] WORK [work/default_model]
 #   INIT_FROM [refsr/weights/default; none = from scratch] DEVICE [auto] CONFIG [small] SEED [0]
 #   CROP [224] BATCH [64] WORKERS [12] AE_STEPS [4000] AE_MAX_MINUTES [2]
-#   STEPS [1500: what ldm-ca reaches beside ldm within MAX_MINUTES; the eval checks the counts]
+#   STEPS [1300: ldm-ca reaches it beside ldm in ~3 minutes at run 1's 7.4 steps/s, inside MAX_MINUTES; the eval checks the counts]
 #   MAX_MINUTES [4] LR [1e-4 from INIT_FROM, else the config's] PREDICTION [INIT_FROM's; v_prediction
 #   from scratch] MIN_SNR [5] MAX_STRENGTH [0.5 from INIT_FROM, else 1] LR_START [0.5: --lr-start-fraction]
 #   SELF_REF [0.5: --self-ref-fraction of ldm-ca; run 9: the branch borrows no content without it] CA_LEVELS [INIT_FROM's or the config's: --ca-levels of ldm-ca]
@@ -59,7 +59,7 @@ PACK=${PACK:-gpu_data}; WORK=${WORK:-work/default_model}; DATA=${DATA:-../shared
 RESULTS=${RESULTS:-${OUT:-$WORK/results}}; INIT_FROM=${INIT_FROM:-refsr/weights/default}
 DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}; BATCH=${BATCH:-64}; WORKERS=${WORKERS:-12}; CROP=${CROP:-224}
 AE_STEPS=${AE_STEPS:-4000}; AE_MAX_MINUTES=${AE_MAX_MINUTES:-2}; AE_HOLDOUT=${AE_HOLDOUT:-0.05}; DECODE=${DECODE:-continuous}
-STEPS=${STEPS:-1500}; MAX_MINUTES=${MAX_MINUTES:-4}; MIN_SNR=${MIN_SNR:-5}; LR_START=${LR_START:-0.5}; SELF_REF=${SELF_REF:-0.5}
+STEPS=${STEPS:-1300}; MAX_MINUTES=${MAX_MINUTES:-4}; MIN_SNR=${MIN_SNR:-5}; LR_START=${LR_START:-0.5}; SELF_REF=${SELF_REF:-0.5}
 if [ "$INIT_FROM" = none ]; then
   start=(); ae_start=(); PREDICTION=${PREDICTION:-v_prediction}; MAX_STRENGTH=${MAX_STRENGTH:-1}; LR=${LR:-}
 else
