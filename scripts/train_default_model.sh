@@ -139,15 +139,14 @@ if has eval; then
   sample --model "$WORK/runs/ldm/model" "$T" -o "$R/ldm" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" -o "$R/ldm-ca_norefs" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" -o "$R/ldm-ca" &
-  shipped() { $REFSR -q sample --model "$1" "$T" --matches "$WORK/matches_test.jsonl" --seed "$SEED" --device "$DEVICE" \
-      --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" --color-fix wavelet -o "$2"; }
+  shipped() {  # MODEL OUT [MATCHES]: sampled as the model is shipped
+    $REFSR -q sample --model "$1" "$T" --matches "${3:-$WORK/matches_test.jsonl}" --seed "$SEED" --device "$DEVICE" \
+        --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" --color-fix wavelet -o "$2"; }
   shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_s$START_STRENGTH" &
   for diag in oracle noise; do  # does the branch borrow content? the ground truth, then noise, as the reference
     flag=(); [ $diag = noise ] && flag=(--noise)
     $PYTHON scripts/experiments/oracle_matches.py "$T" "$WORK/matches_test_$diag.jsonl" "${flag[@]}" > /dev/null
-    $REFSR -q sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test_$diag.jsonl" --seed "$SEED" \
-        --device "$DEVICE" --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" \
-        --color-fix wavelet -o "$R/ldm-ca_$diag" &
+    shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_$diag" "$WORK/matches_test_$diag.jsonl" &
   done
   before=(); [ "$INIT_FROM" = none ] || { shipped "$INIT_FROM" "$R/init_s$START_STRENGTH" & before=("init_s$START_STRENGTH"); }
   sample --model "$WORK/runs/ldm-ca/model" "$G" --matches "$WORK/matches_test_general.jsonl" -o "$R/general_ldm-ca" &

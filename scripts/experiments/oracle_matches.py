@@ -12,12 +12,11 @@ never returns a query's own photo.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
-from refsr.io import read_pair_manifest, read_rgb, write_image, write_jsonl
+from refsr.io import read_pair_manifest, read_rgb, relative_path, write_image, write_jsonl
 
 
 def main() -> None:
@@ -27,17 +26,16 @@ def main() -> None:
     ap.add_argument("--noise", action="store_true", help="one uniform-noise image (seed 0) as every pair's reference")
     args = ap.parse_args()
     pairs = read_pair_manifest(args.manifest)
-    folder = args.out.resolve().parent
-    noise = folder / f"{args.out.stem}_noise.png"
+    noise = args.out.parent / f"{args.out.stem}_noise.png"
     if args.noise:
-        size = read_rgb(pairs[0]["hr_path"]).shape[:2]
-        write_image(noise, np.random.default_rng(0).random((*size, 3)).astype("float32"))
+        noise_size = read_rgb(pairs[0]["hr_path"]).shape[:2]
+        write_image(noise, np.random.default_rng(0).random((*noise_size, 3)).astype("float32"))
     records = []
     for p in pairs:
-        ref = noise if args.noise else Path(p["hr_path"]).resolve()
-        h, w = read_rgb(ref).shape[:2]
-        records.append({"format": "refsr.matches/1", "id": p["id"], "query": os.path.relpath(Path(p["lr_path"]).resolve(), folder),
-                        "refs": [{"path": os.path.relpath(ref, folder), "box": [0, 0, w, h], "score": 1.0, "image_score": 1.0}]})
+        ref = noise if args.noise else p["hr_path"]
+        h, w = noise_size if args.noise else read_rgb(ref).shape[:2]
+        records.append({"format": "refsr.matches/1", "id": p["id"], "query": relative_path(args.out, p["lr_path"]),
+                        "refs": [{"path": relative_path(args.out, ref), "box": [0, 0, w, h], "score": 1.0, "image_score": 1.0}]})
     write_jsonl(args.out, records)
     print(f"wrote {len(records)} {'noise' if args.noise else 'ground-truth'} reference(s) to {args.out}")
 
