@@ -22,8 +22,10 @@
 #               from INIT_FROM: ldm-ca from its U-Net and branch, ldm from the same U-Net alone
 #   eval        test birds: bicubic, autoencoder ceiling, INIT_FROM as it is shipped, ldm, ldm-ca
 #               without / with references, ldm-ca sampled as shipped (--start-strength, draws,
-#               wavelet), and so with each pair's own HR (oracle) or noise as its reference (does
-#               the branch borrow content? scripts/experiments/oracle_matches.py); test general
+#               wavelet), and so with each pair's own HR (oracle) or another pair's HR as its
+#               reference (does the branch borrow content? scripts/experiments/oracle_matches.py;
+#               another photo, not noise: a model trained with views of its target never saw
+#               noise as a reference, docs/results.md run 10); test general
 #               photos: bicubic, ldm-ca; PSNR/SSIM (Y, border 4) and NIQE; tables and a picture
 #   export      the ldm-ca model as float16, with the sampling the eval used as its recommended
 #               one (scripts/experiments/recommend.py), + reports into RESULTS (default $OUT,
@@ -42,10 +44,13 @@
 # Knobs (environment; defaults in brackets): PACK [gpu_data] WORK [work/default_model]
 #   INIT_FROM [refsr/weights/default; none = from scratch] DEVICE [auto] CONFIG [small] SEED [0]
 #   CROP [224] BATCH [64] WORKERS [12] AE_STEPS [4000] AE_MAX_MINUTES [2]
-#   STEPS [1300: ldm-ca reaches it beside ldm in ~3 minutes at run 1's 7.4 steps/s, inside MAX_MINUTES; the eval checks the counts]
+#   STEPS [1300: ldm-ca reaches it beside ldm in ~3 minutes at run 1's 7.4 steps/s, inside MAX_MINUTES; the eval checks the counts;
+#   run 1 had positions 0,1: the two full-resolution ones of CA_LEVELS all cost more, not measured on a GPU]
 #   MAX_MINUTES [4] LR [1e-4 from INIT_FROM, else the config's] PREDICTION [INIT_FROM's; v_prediction
 #   from scratch] MIN_SNR [5] MAX_STRENGTH [0.5 from INIT_FROM, else 1] LR_START [0.5: --lr-start-fraction]
-#   SELF_REF [0.5: --self-ref-fraction of ldm-ca; run 9: the branch borrows no content without it] CA_LEVELS [INIT_FROM's or the config's: --ca-levels of ldm-ca]
+#   SELF_REF [0.5: --self-ref-fraction of ldm-ca; run 9: the branch borrows no content without it] CA_LEVELS [all: every decoder position (--ca-levels of ldm-ca); positions
+#   the branch of INIT_FROM lacks are added and start as matching, which learns to copy where a random
+#   start barely does (docs/results.md run 10); "model": INIT_FROM's or the config's own; or a list I,J,...]
 #   AE_HOLDOUT [0.05] DECODE [continuous: the decoder learns the encoder's continuous latents; on the
 #   shipped VQ, 250 decoder-only steps took held-out PSNR from 17.9 (quantised) to 23.6 dB] SAMPLE_STEPS [20] START_STRENGTH [0.5]
 #   START_STEPS [4: with START_STRENGTH 0.5 one DDIM jump from t = 250, the best PSNR on the validation birds in run 5]
@@ -60,6 +65,7 @@ RESULTS=${RESULTS:-${OUT:-$WORK/results}}; INIT_FROM=${INIT_FROM:-refsr/weights/
 DEVICE=${DEVICE:-auto}; CONFIG=${CONFIG:-small}; SEED=${SEED:-0}; BATCH=${BATCH:-64}; WORKERS=${WORKERS:-12}; CROP=${CROP:-224}
 AE_STEPS=${AE_STEPS:-4000}; AE_MAX_MINUTES=${AE_MAX_MINUTES:-2}; AE_HOLDOUT=${AE_HOLDOUT:-0.05}; DECODE=${DECODE:-continuous}
 STEPS=${STEPS:-1300}; MAX_MINUTES=${MAX_MINUTES:-4}; MIN_SNR=${MIN_SNR:-5}; LR_START=${LR_START:-0.5}; SELF_REF=${SELF_REF:-0.5}
+CA_LEVELS=${CA_LEVELS:-all}
 if [ "$INIT_FROM" = none ]; then
   start=(); ae_start=(); PREDICTION=${PREDICTION:-v_prediction}; MAX_STRENGTH=${MAX_STRENGTH:-1}; LR=${LR:-}
 else
@@ -111,10 +117,16 @@ if has autoencoder; then
 fi
 
 if has diffusion; then
-  stamp "diffusion: ldm and ldm-ca, $STEPS steps each (${recipe[*]}; cap $MAX_MINUTES min; ${start[*]:-from scratch})"
+  if [ "$CA_LEVELS" = all ]; then  # positions 0..n of the U-Net that ldm-ca starts from
+    CA_LEVELS=$($PYTHON -c "import json, sys; from refsr.models import load_config
+init, config = sys.argv[1:]
+unet = json.load(open(init + '/unet/config.json')) if init != 'none' else load_config(config)['unet']
+print(','.join(str(i) for i in range(len(unet['block_out_channels']) + 1)))" "$INIT_FROM" "$CONFIG")
+  fi
+  stamp "diffusion: ldm and ldm-ca, $STEPS steps each (${recipe[*]}; cap $MAX_MINUTES min; ${start[*]:-from scratch}; ldm-ca cross-attention positions $CA_LEVELS)"
   for kind in ldm ldm-ca; do
     self=(); [ "$kind" = ldm-ca ] && [ "$SELF_REF" != 0 ] && self=(--self-ref-fraction "$SELF_REF")
-    [ "$kind" = ldm-ca ] && [ -n "${CA_LEVELS:-}" ] && self+=(--ca-levels "$CA_LEVELS")
+    [ "$kind" = ldm-ca ] && [ "$CA_LEVELS" != model ] && self+=(--ca-levels "$CA_LEVELS")
     $REFSR train diffusion "$WORK/pairs_train/manifest.jsonl" --kind "$kind" "${start[@]}" "${self[@]}" \
         --matches "$WORK/matches_train.jsonl" --vqvae "$WORK/runs/vq" --steps "$STEPS" "${recipe[@]}" \
         --max-minutes "$MAX_MINUTES" --validate-every 0 -o "$WORK/runs/$kind" "${common[@]}" > "$WORK/train_$kind.log" 2>&1 &
@@ -143,8 +155,8 @@ if has eval; then
     $REFSR -q sample --model "$1" "$T" --matches "${3:-$WORK/matches_test.jsonl}" --seed "$SEED" --device "$DEVICE" \
         --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" --color-fix wavelet -o "$2"; }
   shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_s$START_STRENGTH" &
-  for diag in oracle noise; do  # does the branch borrow content? the ground truth, then noise, as the reference
-    flag=(); [ $diag = noise ] && flag=(--noise)
+  for diag in oracle other; do  # does the branch borrow content? the ground truth, then another pair's HR, as the reference
+    flag=(); [ $diag = other ] && flag=(--other)
     $PYTHON scripts/experiments/oracle_matches.py "$T" "$WORK/matches_test_$diag.jsonl" "${flag[@]}" > /dev/null
     shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_$diag" "$WORK/matches_test_$diag.jsonl" &
   done
@@ -153,7 +165,7 @@ if has eval; then
   $PYTHON -c "from refsr.demo import bicubic_baseline as b; b('$T', '$R/bicubic'); b('$G', '$R/general_bicubic')"
   $PYTHON scripts/experiments/ae_reconstruct.py "$WORK/runs/vq" "$T" "$R/autoencoder"
   wait
-  for name in bicubic autoencoder "${before[@]}" ldm ldm-ca_norefs ldm-ca "ldm-ca_s$START_STRENGTH" ldm-ca_oracle ldm-ca_noise; do
+  for name in bicubic autoencoder "${before[@]}" ldm ldm-ca_norefs ldm-ca "ldm-ca_s$START_STRENGTH" ldm-ca_oracle ldm-ca_other; do
     OMP_NUM_THREADS=2 evaluate "$name" "$R/$name" "$T" > "$WORK/eval/eval_$name.txt" &   # side by side: NIQE is CPU work
   done
   for name in bicubic ldm-ca; do OMP_NUM_THREADS=2 evaluate "general_$name" "$R/general_$name" "$G" > "$WORK/eval/eval_general_$name.txt" & done
@@ -164,8 +176,8 @@ if has eval; then
     [ ${#before[@]} = 0 ] || { names+="Before: $INIT_FROM as shipped,"; reports+=("$e/report_${before[0]}.json"); }
     $REFSR evaluate --compare "${reports[@]}" "$e/report_ldm.json" \
         "$e/report_ldm-ca_norefs.json" "$e/report_ldm-ca.json" "$e/report_ldm-ca_s$START_STRENGTH.json" \
-        "$e/report_ldm-ca_oracle.json" "$e/report_ldm-ca_noise.json" \
-        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; wavelet),as shipped with the ground truth as reference (oracle),as shipped with noise as reference"
+        "$e/report_ldm-ca_oracle.json" "$e/report_ldm-ca_other.json" \
+        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; wavelet),as shipped with the ground truth as reference (oracle),as shipped with another pair's HR as reference"
     echo "# test general photos"
     $REFSR evaluate --compare "$e/report_general_bicubic.json" "$e/report_general_ldm-ca.json" --names "Bicubic,LDM+CA"
   } | tee "$e/table.txt"

@@ -143,6 +143,28 @@ def test_split_query_and_batched_references_equal_the_definition(aggregation):
     assert torch.equal(out[1], torch.zeros_like(out[1]))  # no real reference: no update
 
 
+def test_a_new_level_attends_where_the_reference_looks_like_the_lr():
+    """The matching start: with reference features that are the LR's own features moved to
+    other positions, every query's strongest key is the moved copy of its own position (before
+    any training), the decoder features do not enter the query yet, and the update is zero."""
+    from refsr.models.ref_branch import CrossAttentionLevel
+
+    torch.manual_seed(0)
+    level = CrossAttentionLevel(dec_channels=32, feat_channels=64, head_dim=16, norm_groups=8).eval()
+    f_lr = torch.randn(1, 64, 8, 8)
+    perm = torch.randperm(64)
+    ref = f_lr.flatten(2)[:, :, perm].reshape(1, 64, 8, 8)  # ref token j = LR token perm[j]
+    with torch.no_grad():
+        q = level._heads(level.query_lr(f_lr).flatten(1, 2))  # (1, heads, 64, head_dim)
+        keys, values = level.keys_values(ref, 1)
+        logits = (q @ keys[:, 0].transpose(-1, -2)).sum(1)  # summed over heads: (1, 64 queries, 64 keys)
+        h = torch.randn(1, 32, 8, 8)
+        out = level(h, level.query_lr(f_lr), keys, values, torch.tensor([[True]]))
+    assert torch.equal(logits[0].argmax(-1), torch.argsort(perm))  # query i -> the key holding LR token i
+    assert torch.equal(level.to_q.weight[:, :32], torch.zeros_like(level.to_q.weight[:, :32]))  # h: no say yet
+    assert torch.equal(out, torch.zeros_like(h))
+
+
 def test_no_real_reference_never_enters_the_hooked_forward(monkeypatch):
     """The context says on the host that no image has a reference: plain ``unet(...)``."""
     import refsr.models.ldm as ldm

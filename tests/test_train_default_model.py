@@ -44,7 +44,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DATA": str(data), "PACK": str(tmp_path / "pack"), "INIT_FROM": "none",
            "WORK": str(tmp_path / "work"), "RESULTS": str(tmp_path / "results"), "DEVICE": "cpu", "CONFIG": "tiny",
            "CROP": "64", "BATCH": "2", "WORKERS": "0", "AE_STEPS": "2", "STEPS": "2", "SAMPLE_STEPS": "2",
-           "AE_MAX_MINUTES": "0", "MAX_MINUTES": "0", "AE_HOLDOUT": "0.3", "PYTHON": sys.executable,
+           "AE_MAX_MINUTES": "0", "MAX_MINUTES": "0", "AE_HOLDOUT": "0.3", "PYTHON": sys.executable, "CA_LEVELS": "model",
            "METRICS": "psnr,ssim",  # NIQE needs 200 px crops (2 blocks of 96 after the border)
            "REFSR": f"{sys.executable} -m refsr_cli"}
     stages = "pack pairs retrieval autoencoder diffusion eval export"
@@ -57,7 +57,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     table = (results / "table.txt").read_text()
     assert "fair: both models made 2 optimizer steps" in table
     for row in ("Autoencoder ceiling", "LDM+CA no refs", "LDM+CA start 0.5", "PSNR", "ground truth as reference (oracle)",
-                "noise as reference"):
+                "another pair's HR as reference"):
         assert row in table
     ae = read_json(results / "autoencoder_eval.json")
     assert ae["images"] >= 1 and ae["border"] == 4
@@ -75,7 +75,8 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     assert model.latent.scale == meta["latent_scale"]
 
     # from the model above, as the GPU run starts from the shipped one
-    warm_env = {**env, "INIT_FROM": str(results / "default_model"), "WORK": str(tmp_path / "warm"),
+    warm_env = {**{k: v for k, v in env.items() if k != "CA_LEVELS"},  # the default: all
+                "INIT_FROM": str(results / "default_model"), "WORK": str(tmp_path / "warm"),
                 "RESULTS": str(tmp_path / "warm_results")}
     stages = "pairs retrieval autoencoder diffusion eval export"
     run = subprocess.run(["bash", "scripts/train_default_model.sh", *stages.split()], cwd=ROOT, env=warm_env,
@@ -93,3 +94,6 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     assert after.prediction_type == "v_prediction" and after.latent.scale == model.latent.scale
     enc_before, enc_after = model.vqvae.encoder.state_dict(), after.vqvae.encoder.state_dict()
     assert all(torch.equal(enc_before[k], enc_after[k]) for k in enc_before)  # decoder-only: the same latents
+    # CA_LEVELS model (the scratch run): the config's positions; all (the default): every position,
+    # so the warm run added position 2 to the trained branch
+    assert model.ref_branch.levels == [0, 1] and after.ref_branch.levels == [0, 1, 2]

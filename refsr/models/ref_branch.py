@@ -179,6 +179,20 @@ class CrossAttentionLevel(nn.Module):
         self.to_out = nn.Conv2d(inner, dec_channels, 1)
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
+        self.init_matching()
+
+    @torch.no_grad()
+    def init_matching(self) -> None:
+        """Start attention as matching: the LR part of the query and the key share one projection
+        (the decoder part of the query and both biases start at zero), so ``q . k`` is a dot
+        product of the LR's and the reference's features in one space, largest where the
+        reference looks like the LR there (E_LR and E_Ref start as the same encoder). The output
+        projection stays at zero: the model computes what it did without the level until trained."""
+        dec = self.norm_h.num_channels
+        self.to_q.weight[:, :dec].zero_()
+        self.to_q.weight[:, dec:].copy_(self.to_k.weight)
+        self.to_q.bias.zero_()
+        self.to_k.bias.zero_()
 
     def _weight(self, conv: nn.Conv2d, lo: int = 0, hi: int | None = None) -> torch.Tensor:
         """A 1x1 conv's weight as a (out, in) matrix, input channels ``lo:hi``."""
