@@ -31,6 +31,8 @@ def main() -> None:
     kind.add_argument("--other", action="store_true", help="the next pair's HR crop (the last pair: the first's)")
     args = ap.parse_args()
     pairs = read_pair_manifest(args.manifest)
+    if args.other and len(pairs) < 2:
+        ap.error(f"--other needs at least 2 pairs ({args.manifest} has {len(pairs)}): a single pair's 'other' would be itself")
     noise = args.out.parent / f"{args.out.stem}_noise.png"
     if args.noise:
         noise_size = read_rgb(pairs[0]["hr_path"]).shape[:2]
