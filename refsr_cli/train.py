@@ -289,8 +289,9 @@ def autoencoder(**o):
 @click.option("--ca-levels", callback=_int_list, default=None, metavar="I,J,...",
               help="Decoder positions with reference cross-attention (0 = the mid block's output, lowest "
               "resolution; one more per up block, the last at full latent resolution; default: config, small "
-              "0,1). With --init-from a trained ldm-ca, adds positions to its branch: the new ones start at "
-              "zero (the model is unchanged until trained), its trained ones are kept.")
+              "0,1). With --init-from a trained ldm-ca, adds positions to its branch: the new ones start with a "
+              "zero output (the model is unchanged until trained) and their attention set to matching (each "
+              "position first attends where a reference looks like the LR), its trained ones are kept.")
 @click.option("--self-ref-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Of the samples with references, this fraction gets a view of its own HR crop in place of one "
               "of them (a square around the patch at another scale and position, cut as matched fragments are): "
