@@ -161,6 +161,7 @@ def run_demo(
     color_fix: str | None = None,
     start_strength: float | None = None,
     draws: int | None = None,
+    mirror: bool | None = None,
 ) -> DemoResult:
     """Run degrade -> index-refs -> match -> sample (without and with references) -> evaluate.
 
@@ -180,6 +181,8 @@ def run_demo(
             (0.5 for the shipped model: with 4 steps one DDIM jump from t = 250), else 1.
         draws: the mean of that many draws of the start noise (see ``refsr sample --draws``);
             ``None`` = the model's ``recipe.recommended_draws``, else 1.
+        mirror: every second draw restores the mirror image (see ``refsr sample --mirror``);
+            ``None`` = the model's ``recipe.recommended_mirror``, else off.
 
     Returns:
         :class:`DemoResult` with the picture, the comparison report and the table.
@@ -206,7 +209,8 @@ def run_demo(
                      matcher or "shipped", patch, top_refs, str(dev), notes)
 
     settings = resolve_settings(net, SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix,
-                                                    start_strength=start_strength, draws=draws))  # as `refsr sample`
+                                                    start_strength=start_strength, draws=draws,
+                                                    mirror=mirror))  # as `refsr sample`
     restored = out_dir / "restored"
     bicubic_baseline(manifest, restored / "bicubic")
     # always redone (seconds): a rerun with other --steps/--color-fix shows its own result
@@ -227,7 +231,7 @@ def run_demo(
     io.write_json(out_dir / "report.json", {"format": "refsr.demo/1", "model": str(model_path),
                                             "steps": settings.steps, "seed": seed, "color_fix": settings.color_fix,
                                             "start_strength": settings.start_strength,
-                                            "draws": settings.draws, "notes": notes,
+                                            "draws": settings.draws, "mirror": settings.mirror, "notes": notes,
                                             "reports": dict(zip(names, loaded))})
 
     rec = io.read_pair_manifest(manifest)[0]

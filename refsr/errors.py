@@ -13,6 +13,19 @@ class InputError(RefSRError, ValueError):
     """An input file or value is unusable; the message names the file or value."""
 
 
+class OptionError(InputError):
+    """A setting is unusable or does not go with another one. ``option`` names it as the
+    library spells it (``ca_levels``); the message reads ``"ca_levels: <reason>"``, and the
+    CLI reports ``reason`` as a usage error of the option (``--ca-levels``)."""
+
+    def __init__(self, option: str, reason: str):
+        super().__init__(f"{option}: {reason}")
+        self.option, self.reason = option, reason
+
+    def __reduce__(self):  # picklable across worker processes despite the two arguments
+        return type(self), (self.option, self.reason)
+
+
 class ManifestError(InputError):
     """A JSON Lines manifest is malformed; the message names the file and the line."""
 

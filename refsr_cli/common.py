@@ -78,7 +78,17 @@ def paths_option(*names: str, help: str):
 
 class StageCommand(click.Command):
     """A subcommand of the stage contract: refuses a bare argument right after the value of
-    a list option (``--refs r1.png r2.png`` would silently make ``r2.png`` an input)."""
+    a list option (``--refs r1.png r2.png`` would silently make ``r2.png`` an input), and
+    reports a setting the library refuses (:class:`refsr.errors.OptionError`) as a usage
+    error of its option: the library is the one place that checks it."""
+
+    def invoke(self, ctx):
+        from refsr.errors import OptionError
+
+        try:
+            return super().invoke(ctx)
+        except OptionError as e:
+            raise click.BadParameter(e.reason, ctx=ctx, param_hint=f"'--{e.option.replace('_', '-')}'") from None
 
     def parse_args(self, ctx, args):
         lists = {name for p in self.params if isinstance(p, PathsOption) for name in p.opts}

@@ -32,9 +32,12 @@ from .common import StageCommand, device_option, report, seed_option, warn
 @click.option("--draws", type=click.IntRange(min=1), default=None, metavar="K",
               help="Mean of K draws of the start noise, as `refsr sample --draws` (default: the model's recommended "
               "value, 4 for the shipped model, else 1).")
+@click.option("--mirror/--no-mirror", default=None,
+              help="Every second draw restores the mirror image, as `refsr sample --mirror` (default: the model's "
+              "recommended value, on for the shipped model, else off).")
 @seed_option
 @device_option
-def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, draws, seed, device):
+def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, draws, mirror, seed, device):
     """Run the whole refsr chain on real photos that ship with scikit-image.
 
     Target: the left view of scikit-image's stereo motorcycle. References: its right view
@@ -57,7 +60,7 @@ def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start
 
     result = run_demo(out_dir, model=model, crop=crop, steps=steps, seed=seed, device=device,
                       clip_pretrained=None if clip_pretrained == "none" else clip_pretrained, matcher=matcher,
-                      color_fix=color_fix, start_strength=start_strength, draws=draws)
+                      color_fix=color_fix, start_strength=start_strength, draws=draws, mirror=mirror)
     for note in result.notes:
         warn(note)
     report(result.table)

@@ -19,7 +19,7 @@ import click
 from refsr.constants import (DECODE_MODES, EXPORT_DTYPES, KINDS, LR_SCHEDULES, MATCHER_TRAIN_DEFAULTS, MIXED_PRECISION,
                              PREDICTION_TYPES)
 
-from .common import device_option, report, seed_option, warn, workers_option
+from .common import StageCommand, device_option, report, seed_option, warn, workers_option
 
 STAGES = ("autoencoder", "diffusion", "matcher")
 
@@ -29,14 +29,16 @@ STAGES = ("autoencoder", "diffusion", "matcher")
 # ---------------------------------------------------------------------------------------
 
 
-def _int_list(ctx, param, value: str | None) -> list[int] | None:
-    """``"0,1,3"`` -> ``[0, 1, 3]`` (None when not given)."""
+def _levels(ctx, param, value: str | None) -> list[int] | str | None:
+    """``"0,1,3"`` -> ``[0, 1, 3]``, ``"all"`` -> ``"all"`` (None when not given)."""
     if value is None:
         return None
+    if value.strip().lower() == "all":
+        return "all"
     try:
         return [int(v) for v in value.split(",") if v.strip()] or None
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+        raise click.BadParameter(f"{value!r} is neither a comma-separated list of integers nor 'all'") from None
 
 
 def _pop_option(args: list[str], name: str) -> str | None:
@@ -71,6 +73,8 @@ def legacy_args(args: list[str]) -> list[str]:
 
 class TrainGroup(click.Group):
     """``refsr train STAGE DATA ...``; also reads the old ``--stage``/``--data`` spelling."""
+
+    command_class = StageCommand
 
     def parse_args(self, ctx, args):
         return super().parse_args(ctx, legacy_args(args))
@@ -236,8 +240,6 @@ def autoencoder(**o):
     from refsr.train import run_training
     from refsr.train.autoencoder import AutoencoderStage
 
-    if o["decoder_only"] and o["init_from"] is None:
-        raise click.BadParameter("keeps a trained encoder: it needs --init-from DIR", param_hint="--decoder-only")
     opts = train_options(o, load_config(o["config"])["train"])
     stage = AutoencoderStage(o["data"], config=o["config"], seed=o["seed"], lpips=not o["no_lpips"],
                              holdout=o["holdout"], val=o["val"], val_images=o["val_images"], init_from=o["init_from"],
@@ -286,10 +288,10 @@ def autoencoder(**o):
               "keeps its weights, so the model without references stays exactly that U-Net (kind ldm-ca; "
               "recorded as recipe.frozen_unet; --ref-dropout defaults to 0, as a sample without references "
               "would train nothing).")
-@click.option("--ca-levels", callback=_int_list, default=None, metavar="I,J,...",
+@click.option("--ca-levels", callback=_levels, default=None, metavar="I,J,...|all",
               help="Decoder positions with reference cross-attention (0 = the mid block's output, lowest "
-              "resolution; one more per up block, the last at full latent resolution; default: config, small "
-              "0,1). With --init-from a trained ldm-ca, adds positions to its branch: the new ones start with a "
+              "resolution; one more per up block, the last at full latent resolution; all = every one; "
+              "default: config, small 0,1). With --init-from a trained ldm-ca, adds positions to its branch: the new ones start with a "
               "zero output (the model is unchanged until trained) and their attention set to matching (each "
               "position first attends where a reference looks like the LR), its trained ones are kept.")
 @click.option("--self-ref-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
@@ -327,28 +329,14 @@ def diffusion(**o):
     if o["vqvae"] is None and o["init_from"] is None:
         raise click.BadParameter("the diffusion stage needs a trained VQ autoencoder (--vqvae DIR) "
                                  "or a pretrained LDM-SR folder (--init-from DIR)", param_hint="--vqvae")
-    if o["freeze_unet"] and (o["kind"] != "ldm-ca" or o["init_from"] is None):
-        raise click.BadParameter("trains only the reference branch: it needs --kind ldm-ca and a trained U-Net "
-                                 "(--init-from DIR)", param_hint="--freeze-unet")
-    if o["self_ref_fraction"] > 0 and o["kind"] != "ldm-ca":
-        raise click.BadParameter("self references feed the reference branch: they need --kind ldm-ca",
-                                 param_hint="--self-ref-fraction")
-    if o["ca_levels"] is not None and o["kind"] != "ldm-ca":
-        raise click.BadParameter("cross-attention positions belong to the reference branch: they need --kind ldm-ca",
-                                 param_hint="--ca-levels")
     opts = train_options(o, load_config(o["config"])["train"])
-    try:
-        stage = DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
-                               init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
-                               ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
-                               prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
-                               max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"],
-                               freeze_unet=o["freeze_unet"], ca_levels=o["ca_levels"],
-                               self_ref_fraction=o["self_ref_fraction"])
-    except ValueError as e:  # positions that the U-Net lacks or that drop trained ones (known once it is loaded)
-        if not str(e).startswith("ca_levels: "):
-            raise
-        raise click.BadParameter(str(e).removeprefix("ca_levels: "), param_hint="--ca-levels") from None
+    stage = DiffusionStage(o["data"], config=o["config"], kind=o["kind"], vqvae=o["vqvae"], matches=o["matches"],
+                           init_from=o["init_from"], seed=o["seed"], max_refs=o["max_refs"],
+                           ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
+                           prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
+                           max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"],
+                           freeze_unet=o["freeze_unet"], ca_levels=o["ca_levels"],
+                           self_ref_fraction=o["self_ref_fraction"])
     model = run_training(stage, opts)
     if is_main_process():
         report_trained("diffusion", opts, model)

@@ -11,7 +11,7 @@
 #    10 references) and DPM-Solver++-20 (<= 0.5 s); ldm-ca 10 refs <= 1.3x ldm, 0 refs <= 1.02x.
 # 3. sample --quick (fp32, 10 DDIM steps, 128/256/512 px LR, 0/1/10 references): the table of docs/sample.md.
 # 4. Peak memory once tiled with no LR context kept (flat in image size) and what it costs.
-# 5. The shipped model's sampling (4 DDIM steps from 0.5, 4 draws), `small` config, fp32, 64/128/256 px
+# 5. The shipped model's sampling (4 DDIM steps from 0.5, 4 draws, two mirrored), `small` config, fp32, 64/128/256 px
 #    LR: one U-Net call per draw (--batch-size 1) against the 4 draws in one call (--batch-size 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +26,4 @@ run sample_bf16_dpmpp20 scripts/bench_sample.py --config paper --sizes 128 --ref
 run sample_quick_fp32 scripts/bench_sample.py --quick --repeats 2
 run sample_no_lr_cache scripts/bench_sample.py --quick --sizes 256,512 --refs 10 --repeats 1 --lr-cache-mb 0
 run sample_draws_batched scripts/bench_sample.py --config small --sizes 64,128,256 --refs 0,10 --tile 128 \
-    --steps 4 --start-strength 0.5 --draws 4 --compare-batch 4 --repeats 3
+    --steps 4 --start-strength 0.5 --draws 4 --mirror --compare-batch 4 --repeats 3

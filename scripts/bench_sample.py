@@ -158,7 +158,7 @@ def run_size(size, ldm, ca, pipe, args, device):
 
     settings = SampleSettings(sampler=args.sampler, steps=args.steps, tile=args.tile, tile_overlap=args.tile_overlap,
                               precision=args.precision, batch_size=args.batch_size, start_strength=args.start_strength,
-                              draws=args.draws)
+                              draws=args.draws, mirror=args.mirror)
     lr = torch.rand(1, 3, size, size, device=device) * 2 - 1
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     refs = {r: torch.rand(1, r, 3, ca.ref_size, ca.ref_size, device=device) * 2 - 1 for r in args.refs if r > 0}
@@ -260,6 +260,7 @@ def main():
     parser.add_argument("--tile-overlap", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1, help="refsr sample --batch-size (latents per U-Net call)")
     parser.add_argument("--draws", type=int, default=1, help="refsr sample --draws (the shipped model uses 4)")
+    parser.add_argument("--mirror", action="store_true", help="refsr sample --mirror (the shipped model uses it)")
     parser.add_argument("--compare-batch", type=int, default=None,
                         help="also run every variant with this --batch-size (e.g. the --draws), ratio to the same variant")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -295,7 +296,7 @@ def main():
     name = torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()
     print(f"# bench_sample: {name} ({device}), torch {torch.__version__}, {os.cpu_count()} CPUs "
           f"({torch.get_num_threads()} threads), config {args.config}, "
-          f"steps {args.steps} ({args.sampler}), start strength {args.start_strength or 1:g}, draws {args.draws}, tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
+          f"steps {args.steps} ({args.sampler}), start strength {args.start_strength or 1:g}, draws {args.draws}{' (two views: --mirror)' if args.mirror else ''}, tile {args.tile}/{args.tile_overlap} LR px, batch {args.batch_size}, "
           f"{args.precision}, {args.repeats} interleaved repetitions (medians)"
           + (f", LR context cache {args.lr_cache_mb:g} MB" if args.lr_cache_mb is not None else ""))
     ldm, ca, pipe = build_models(args.config, device, args.sampler)

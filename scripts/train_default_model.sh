@@ -48,13 +48,14 @@
 #   run 1 had positions 0,1: the two full-resolution ones of CA_LEVELS all cost more, not measured on a GPU]
 #   MAX_MINUTES [4] LR [1e-4 from INIT_FROM, else the config's] PREDICTION [INIT_FROM's; v_prediction
 #   from scratch] MIN_SNR [5] MAX_STRENGTH [0.5 from INIT_FROM, else 1] LR_START [0.5: --lr-start-fraction]
-#   SELF_REF [0.5: --self-ref-fraction of ldm-ca; run 9: the branch borrows no content without it] CA_LEVELS [all: every decoder position (--ca-levels of ldm-ca); positions
+#   SELF_REF [0.5: --self-ref-fraction of ldm-ca; run 9: the branch borrows no content without it] CA_LEVELS [all: every decoder position (--ca-levels all of ldm-ca); positions
 #   the branch of INIT_FROM lacks are added and start as matching, which learns to copy where a random
 #   start barely does (docs/results.md run 10); "model": INIT_FROM's or the config's own; or a list I,J,...]
 #   AE_HOLDOUT [0.05] DECODE [continuous: the decoder learns the encoder's continuous latents; on the
 #   shipped VQ, 250 decoder-only steps took held-out PSNR from 17.9 (quantised) to 23.6 dB] SAMPLE_STEPS [20] START_STRENGTH [0.5]
 #   START_STEPS [4: with START_STRENGTH 0.5 one DDIM jump from t = 250, the best PSNR on the validation birds in run 5]
 #   START_DRAWS [4: the mean of 4 draws of the noise, the shipped model's choice on the validation birds in run 6]
+#   START_MIRROR [1: every second draw restores the mirror image (--mirror; run 11: +0.06 dB on the validation birds); 0: --no-mirror]
 #   METRICS [psnr,ssim,niqe]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json] CLIP_PRETRAINED [none]
 #   MATCHER [shipped] BUDGET_MB [20] DATA [../shared/data] REFSR [refsr] PYTHON [python3]
@@ -75,7 +76,7 @@ fi
 recipe=(--min-snr-gamma "$MIN_SNR" --max-strength "$MAX_STRENGTH" --lr-start-fraction "$LR_START")
 [ -n "$PREDICTION" ] && recipe+=(--prediction-type "$PREDICTION")
 [ -n "$LR" ] && recipe+=(--lr "$LR" --lr-schedule cosine --warmup 100)
-SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; METRICS=${METRICS:-psnr,ssim,niqe}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -117,12 +118,6 @@ if has autoencoder; then
 fi
 
 if has diffusion; then
-  if [ "$CA_LEVELS" = all ]; then  # positions 0..n of the U-Net that ldm-ca starts from
-    CA_LEVELS=$($PYTHON -c "import json, sys; from refsr.models import load_config
-init, config = sys.argv[1:]
-unet = json.load(open(init + '/unet/config.json')) if init != 'none' else load_config(config)['unet']
-print(','.join(str(i) for i in range(len(unet['block_out_channels']) + 1)))" "$INIT_FROM" "$CONFIG")
-  fi
   stamp "diffusion: ldm and ldm-ca, $STEPS steps each (${recipe[*]}; cap $MAX_MINUTES min; ${start[*]:-from scratch}; ldm-ca cross-attention positions $CA_LEVELS)"
   for kind in ldm ldm-ca; do
     self=(); [ "$kind" = ldm-ca ] && [ "$SELF_REF" != 0 ] && self=(--self-ref-fraction "$SELF_REF")
@@ -148,12 +143,13 @@ if has eval; then
   mkdir -p "$WORK/eval"
   R="$WORK/restored"; T="$WORK/pairs_test/manifest.jsonl"; G="$WORK/pairs_test_general/manifest.jsonl"
   sample() { $REFSR -q sample "$@" --steps "$SAMPLE_STEPS" --seed "$SEED" --device "$DEVICE"; }
+  mirror=--mirror; [ "$START_MIRROR" = 0 ] && mirror=--no-mirror
   sample --model "$WORK/runs/ldm/model" "$T" -o "$R/ldm" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" -o "$R/ldm-ca_norefs" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" -o "$R/ldm-ca" &
   shipped() {  # MODEL OUT [MATCHES]: sampled as the model is shipped
     $REFSR -q sample --model "$1" "$T" --matches "${3:-$WORK/matches_test.jsonl}" --seed "$SEED" --device "$DEVICE" \
-        --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" --color-fix wavelet -o "$2"; }
+        --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" "$mirror" --color-fix wavelet -o "$2"; }
   shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_s$START_STRENGTH" &
   for diag in oracle other; do  # does the branch borrow content? the ground truth, then another pair's HR, as the reference
     flag=(); [ $diag = other ] && flag=(--other)
@@ -177,7 +173,7 @@ if has eval; then
     $REFSR evaluate --compare "${reports[@]}" "$e/report_ldm.json" \
         "$e/report_ldm-ca_norefs.json" "$e/report_ldm-ca.json" "$e/report_ldm-ca_s$START_STRENGTH.json" \
         "$e/report_ldm-ca_oracle.json" "$e/report_ldm-ca_other.json" \
-        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; wavelet),as shipped with the ground truth as reference (oracle),as shipped with another pair's HR as reference"
+        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; ${mirror#--}; wavelet),as shipped with the ground truth as reference (oracle),as shipped with another pair's HR as reference"
     echo "# test general photos"
     $REFSR evaluate --compare "$e/report_general_bicubic.json" "$e/report_general_ldm-ca.json" --names "Bicubic,LDM+CA"
   } | tee "$e/table.txt"
@@ -200,7 +196,7 @@ for f in dst.rglob("*.safetensors"):
 print(f"exported {dst}")
 PY
   $PYTHON scripts/experiments/recommend.py "$RESULTS/default_model" --steps "$START_STEPS" \
-      --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix wavelet
+      --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix wavelet "$([ "$START_MIRROR" = 0 ] && echo --no-mirror || echo --mirror)"
   cp "$WORK"/eval/*.json "$WORK"/eval/*.txt "$WORK"/eval/grid.png "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
   cp "$WORK/runs/vq/eval.json" "$RESULTS/autoencoder_eval.json"
   for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done

@@ -66,6 +66,29 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert "Traceback" in proc.stderr and "corrupt.png" in proc.stderr
 
 
+def test_a_setting_the_library_refuses_is_a_usage_error_of_its_option(tmp_path, monkeypatch):
+    """An OptionError from the library (the one place a setting is checked) reaches the shell as
+    a usage error of the option it names (exit 2, the reason, no 'error:' line), also with -v;
+    it survives a trip through pickle (worker processes) whole."""
+    import pickle
+
+    from refsr.errors import OptionError
+
+    def refuse(*args, **kwargs):
+        raise OptionError("max_images", "is too many for this test")
+
+    monkeypatch.setattr("refsr.metrics.report.evaluate", refuse)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for flags in ([], ["-v"]):
+        r = CliRunner().invoke(cli, [*flags, "evaluate", "--pred", str(pred), "--gt", str(pred), "-o",
+                                     str(tmp_path / "r.json")])
+        assert r.exit_code == 2 and "Invalid value for '--max-images': is too many for this test" in r.output, r.output
+        assert "Usage: " in r.output and "evaluate [OPTIONS]" in r.output and "Traceback" not in r.output
+    copy = pickle.loads(pickle.dumps(OptionError("ca_levels", "drops 0")))
+    assert (copy.option, copy.reason, str(copy)) == ("ca_levels", "drops 0", "ca_levels: drops 0")
+
+
 def test_bad_device_is_a_usage_error():
     result = CliRunner().invoke(cli, ["sample", "--device", "tpu", "x.png", "-o", "out"])
     assert result.exit_code == 2

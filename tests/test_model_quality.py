@@ -326,7 +326,7 @@ def test_freeze_unet_trains_only_the_reference_branch(tmp_path, pairs_for_diffus
     for bad in (["--kind", "ldm", "--init-from", str(base)], ["--vqvae", str(vq)]):
         r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "-o", str(tmp_path / "bad"),
                                      "--freeze-unet", *bad])
-        assert r.exit_code == 2 and "--freeze-unet" in r.output and "needs --kind ldm-ca" in r.output, r.output
+        assert r.exit_code == 2 and "--freeze-unet" in r.output and "needs kind ldm-ca" in r.output, r.output
         assert not (tmp_path / "bad").exists()
 
 
@@ -366,7 +366,7 @@ def test_ca_levels_add_positions_to_a_trained_branch_that_start_at_zero(tmp_path
     with pytest.raises(ValueError, match="they need kind ldm-ca"):  # not silently ignored by the library either
         DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", init_from=ft, ca_levels=[0, 1, 2])
     for levels, message in (("1,2", "drop the trained position(s) [0]"), ("0,1,2,7", "position 7 does not exist"),
-                            ("0,x", "not a comma-separated list of integers"), ("0,1,2 --kind ldm", "need --kind ldm-ca")):
+                            ("0,x", "neither a comma-separated list of integers nor 'all'"), ("0,1,2 --kind ldm", "need kind ldm-ca")):
         r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "--init-from", str(ft), "--matches",
                                      str(matches), "--ca-levels", *levels.split(), "-o", str(tmp_path / "bad")])
         assert r.exit_code == 2 and "--ca-levels" in r.output and message in r.output, r.output
@@ -507,6 +507,46 @@ def test_k_draws_decode_the_mean_of_k_one_draw_latents(coffee, monkeypatch, tile
     assert not torch.allclose(mean, one, atol=1e-3) and not torch.allclose(mean, second, atol=1e-3)
 
 
+@pytest.mark.parametrize("tile", [0, 8])
+@pytest.mark.parametrize("kind", ["ldm", "ldm-ca"])
+def test_mirrored_draws_restore_the_mirror_image_and_mirror_it_back(coffee, astronaut, tile, kind):
+    """--mirror with 2 draws: draw 0 restores the LR, draw 1 (from the noise that follows) the
+    LR's mirror image, each view's latent is decoded on its own (a latent is not mirror-symmetric)
+    and the output is the mean of the first image and the mirror of the second: exactly a one-draw
+    run of the LR and the mirror of a one-draw run of the mirrored LR from the second draw's
+    noise (up to float rounding); for ldm-ca both views attend to the same references (each view
+    its own LR contexts). With one draw --mirror changes nothing."""
+    from refsr.sample import SampleSettings, restore_tensor
+    from refsr.sample.core import model_factors
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config("tiny", kind=kind).eval()
+    refs = None
+    if kind == "ldm-ca":  # an update that depends on the references: the output projections made non-zero
+        for level in model.ref_branch.attn.values():
+            torch.nn.init.normal_(level.to_out.weight, std=0.1)
+        refs = torch.from_numpy(cv2.resize(astronaut, (model.ref_size,) * 2).transpose(2, 0, 1).copy())[None, None] * 2 - 1
+    lr = torch.from_numpy(cv2.resize(coffee, (16, 12), interpolation=cv2.INTER_AREA).transpose(2, 0, 1).copy())[None] * 2 - 1
+    scale, vq, _ = model_factors(model)  # 16 x 12 needs no padding: both views have the same canvas
+
+    def run(image, draws, mirror, generator, with_refs=True):
+        s = SampleSettings(steps=4, start_strength=0.5, draws=draws, mirror=mirror, tile=tile, tile_overlap=2)
+        return restore_tensor(model, image, refs if with_refs else None, settings=s, generator=generator, disable=True)
+
+    one = run(lr, 1, False, torch.Generator().manual_seed(5))
+    if refs is not None:  # the references change the output: the views' contexts are used
+        assert not torch.allclose(one, run(lr, 1, False, torch.Generator().manual_seed(5), with_refs=False), atol=1e-3)
+    assert torch.equal(run(lr, 1, True, torch.Generator().manual_seed(5)), one)
+    g = torch.Generator().manual_seed(5)
+    torch.randn((1, model.vqvae.config.latent_channels, 12 * scale // vq, 16 * scale // vq), generator=g)  # draw 0's noise
+    mirrored = run(lr.flip(-1), 1, False, g)
+    both = run(lr, 2, True, torch.Generator().manual_seed(5))
+    assert torch.allclose(both, (one + mirrored.flip(-1)) / 2, atol=1e-5)  # float rounding of mirrored convolutions
+    assert not torch.allclose(both, run(lr, 2, False, torch.Generator().manual_seed(5)), atol=1e-3)
+    with pytest.raises(ValueError, match="mirror must be True, False or None"):
+        SampleSettings(mirror=1).check()
+
+
 def test_draws_below_1_are_refused_by_the_library_too():
     from refsr.sample import SampleSettings
 
@@ -526,10 +566,13 @@ def test_draws_default_to_the_models_recommendation_and_are_recorded(tmp_path, c
     model.save_pretrained(tmp_path / "m")
     write_image(tmp_path / "lr.png", cv2.resize(coffee, (16, 16), interpolation=cv2.INTER_AREA))
     args = ["-q", "sample", str(tmp_path / "lr.png"), "--model", str(tmp_path / "m"), "--device", "cpu", "-o"]
-    for out, extra, draws in (("a", [], 3), ("b", ["--draws", "2"], 2)):
+    for out, extra, draws, mirror in (("a", [], 3, False), ("b", ["--draws", "2"], 2, False),
+                                      ("c", ["--draws", "2", "--mirror"], 2, True)):
         r = CliRunner().invoke(cli, args + [str(tmp_path / out), *extra])
         assert r.exit_code == 0, r.output
-        assert read_json(tmp_path / out / "run.json")["draws"] == draws
+        assert (read_json(tmp_path / out / "run.json")["draws"], read_json(tmp_path / out / "run.json")["mirror"]) == (draws, mirror)
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "c"), "--draws", "2"])
+    assert r.exit_code == 1 and "mirror True -> False" in r.output
     r = CliRunner().invoke(cli, args + [str(tmp_path / "a"), "--draws", "1"])  # other settings than a's outputs
     assert r.exit_code == 1 and "draws 3 -> 1" in r.output
     run = read_json(tmp_path / "b" / "run.json")  # a folder sampled before draws existed: one draw each
@@ -630,7 +673,7 @@ def test_self_ref_fraction_needs_kind_ldm_ca_and_is_recorded(tmp_path, pairs_for
         DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", vqvae=vq, self_ref_fraction=0.5)
     r = CliRunner().invoke(cli, ["train", "diffusion", str(manifest), "--vqvae", str(vq), "--kind", "ldm",
                                  "--self-ref-fraction", "0.5", "-o", str(tmp_path / "bad")])
-    assert r.exit_code == 2 and "--self-ref-fraction" in r.output and "need --kind ldm-ca" in r.output, r.output
+    assert r.exit_code == 2 and "--self-ref-fraction" in r.output and "need kind ldm-ca" in r.output, r.output
     assert not (tmp_path / "bad").exists()
 
 
@@ -665,13 +708,16 @@ def test_decoder_only_fine_tuning_keeps_the_latents(tmp_path, ae_run):
     spec = read_latent_spec(out / "vqvae")
     assert spec.decode_quantized == (ev["quantized"]["psnr"] >= ev["continuous"]["psnr"])
     r = CliRunner().invoke(cli, ["train", "autoencoder", str(photos), "--decoder-only", "-o", str(tmp_path / "bad")])
-    assert r.exit_code == 2 and "--decoder-only" in r.output and "needs --init-from" in r.output, r.output
+    assert r.exit_code == 2 and "--decoder-only" in r.output and "to start from (--init-from)" in r.output, r.output
     assert not (tmp_path / "bad").exists()
 
 
-def test_a_model_folders_vq_brings_the_models_latent_settings(tmp_path):
+def test_a_model_folders_vq_brings_the_models_latent_settings(tmp_path, monkeypatch):
     """--vqvae or --init-from a model folder: the latent scale and decoding are the model's
-    (model_index.json), not scale 1 with quantised decoding for a vqvae/ without its own file."""
+    (model_index.json, or an older folder's refsr.json), read from its settings without
+    loading its weights, not scale 1 with quantised decoding for a vqvae/ without its own file."""
+    import json
+
     from refsr.models.autoencoder import LATENT_FILE
     from refsr.train.diffusion import build_model, vq_latent_spec
 
@@ -680,8 +726,18 @@ def test_a_model_folders_vq_brings_the_models_latent_settings(tmp_path):
     model.latent = LatentSpec(scale=2.5, decode_quantized=False)
     model.save_pretrained(tmp_path / "m")
     assert not (tmp_path / "m" / "vqvae" / LATENT_FILE).exists()
-    spec = vq_latent_spec(tmp_path / "m")
-    assert (spec.scale, spec.decode_quantized) == (2.5, False)
+    with monkeypatch.context() as m:
+        m.setattr(RefSRModel, "from_pretrained", lambda *a, **k: pytest.fail("loaded the whole model"))
+        spec = vq_latent_spec(tmp_path / "m")
+        assert (spec.scale, spec.decode_quantized) == (2.5, False)
+        old = tmp_path / "old"  # the layout before model_index.json
+        (old / "vqvae").mkdir(parents=True)
+        (old / "unet").mkdir()
+        for part in ("vqvae", "unet"):
+            (old / part / "config.json").write_text((tmp_path / "m" / part / "config.json").read_text())
+        (old / "refsr.json").write_text(json.dumps({"kind": "ldm", "latent_scale": 0.75, "decode_quantized": True}))
+        spec = vq_latent_spec(old)
+        assert (spec.scale, spec.decode_quantized) == (0.75, True)
     built = build_model(MICRO, "ldm", vqvae_dir=tmp_path / "m")
     assert (built.latent.scale, built.latent.decode_quantized) == (2.5, False)
 
@@ -748,9 +804,10 @@ def test_steps_and_colour_fix_default_to_the_models_recommendation(tmp_path, cof
     torch.manual_seed(0)
     model = RefSRModel.from_config(MICRO, kind="ldm").eval()
     plain = resolve_settings(model, SampleSettings())
-    assert (plain.steps, plain.color_fix, plain.start_strength, plain.draws) == (50, "none", 1.0, 1)
+    assert (plain.steps, plain.color_fix, plain.start_strength, plain.draws, plain.mirror) == (50, "none", 1.0, 1, False)
     model.recipe = {"recommended_steps": 3, "recommended_color_fix": "adain", "recommended_start_strength": 0.5}
-    assert recommended_settings(model) == {"steps": 3, "color_fix": "adain", "start_strength": 0.5, "draws": 1}
+    assert recommended_settings(model) == {"steps": 3, "color_fix": "adain", "start_strength": 0.5, "draws": 1,
+                                           "mirror": False}
     told = resolve_settings(model, SampleSettings(steps=2, color_fix="none"))
     assert (told.steps, told.color_fix, told.start_strength) == (2, "none", 0.5)
     model.save_pretrained(tmp_path / "m")
@@ -793,7 +850,8 @@ def test_the_shipped_model_recommends_the_settings_its_numbers_were_measured_wit
     from refsr.sample.loading import default_model_path
 
     shipped = RefSRModel.from_pretrained(default_model_path())
-    assert recommended_settings(shipped) == {"steps": 4, "color_fix": "wavelet", "start_strength": 0.5, "draws": 4}
+    assert recommended_settings(shipped) == {"steps": 4, "color_fix": "wavelet", "start_strength": 0.5, "draws": 4,
+                                             "mirror": True}
 
 
 def test_without_held_out_images_the_export_decodes_as_the_decoder_was_trained(tmp_path, astronaut, coffee,

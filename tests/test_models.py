@@ -165,6 +165,23 @@ def test_a_new_level_attends_where_the_reference_looks_like_the_lr():
     assert torch.equal(out, torch.zeros_like(h))
 
 
+def test_ca_levels_all_means_every_decoder_position_of_the_unet():
+    """``ca_levels="all"``: positions 0..n for a U-Net of n up blocks, for a new branch and when
+    a trained branch grows (its trained positions kept); any other word is an error."""
+    from refsr.models.ref_branch import branch_for, with_levels
+
+    torch.manual_seed(0)
+    unet = RefSRModel.from_config(MICRO, kind="ldm").unet  # 2 up blocks: positions 0, 1, 2
+    new = branch_for(unet, ca_levels="all", head_dim=8)
+    assert new.levels == [0, 1, 2] and new.config.ca_levels == [0, 1, 2]  # saved as a list
+    old = branch_for(unet, ca_levels=[1], head_dim=8)
+    grown = with_levels(old, "all")
+    assert grown.levels == [0, 1, 2]
+    assert torch.equal(grown.attn["1"].to_q.weight, old.attn["1"].to_q.weight)
+    with pytest.raises(ValueError, match="neither a list of positions nor 'all'"):
+        branch_for(unet, ca_levels="every", head_dim=8)
+
+
 def test_no_real_reference_never_enters_the_hooked_forward(monkeypatch):
     """The context says on the host that no image has a reference: plain ``unet(...)``."""
     import refsr.models.ldm as ldm

@@ -128,6 +128,19 @@ def read_folder_parts(path: Path) -> RefSRPipeline:
                          latent.scale, latent.decode_quantized, meta.get("recipe"))
 
 
+def folder_latent_spec(path) -> LatentSpec:
+    """The latent settings of the model folder ``path``, read from its settings files without
+    loading any weights: ``model_index.json`` of a ``RefSRPipeline`` folder, else as
+    :func:`read_folder_parts` reads an older folder."""
+    from ..io import read_json
+
+    path = Path(path)
+    if folder_class(path) == PIPELINE_CLASS:
+        c = read_json(path / "model_index.json")
+        return LatentSpec(float(c.get("latent_scale", 1.0)), bool(c.get("decode_quantized", True)))
+    return _latent_spec(path, _read_meta(path))
+
+
 def _read_meta(path: Path) -> dict:
     from ..io import read_json
 

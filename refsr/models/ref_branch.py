@@ -35,6 +35,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..errors import OptionError
+
 AGGREGATIONS = ("mean", "sum", "max", "joint")
 
 
@@ -293,7 +295,7 @@ class RefBranch(ModelMixin, ConfigMixin):
         levels = list(range(min(2, n))) if ca_levels is None else [int(i) for i in ca_levels]
         for i in levels:
             if not 0 <= i <= n:
-                raise ValueError(f"ca_levels: position {i} does not exist (the U-Net has {n} up blocks: positions 0..{n})")
+                raise OptionError("ca_levels", f"position {i} does not exist (the U-Net has {n} up blocks: positions 0..{n})")
         self.levels = sorted(set(levels))
         self.resolution = {i: level_resolutions(n)[i] for i in self.levels}
         self.e_lr = UNetEncoder(encoder_config)
@@ -368,25 +370,39 @@ class RefBranch(ModelMixin, ConfigMixin):
         return h + update
 
 
+def every_level(ca_levels, num_levels: int):
+    """``ca_levels`` as given, or every decoder position ``0..num_levels`` for ``"all"``
+    (``num_levels``: the U-Net's number of up blocks)."""
+    if isinstance(ca_levels, str):
+        if ca_levels != "all":
+            raise OptionError("ca_levels", f"{ca_levels!r} is neither a list of positions nor 'all'")
+        return list(range(num_levels + 1))
+    return ca_levels
+
+
 def branch_for(unet, **kwargs) -> RefBranch:
-    """A reference branch for ``unet`` (its E_LR / E_Ref start from the U-Net's weights)."""
+    """A reference branch for ``unet`` (its E_LR / E_Ref start from the U-Net's weights);
+    ``ca_levels="all"`` gives it every decoder position."""
+    if "ca_levels" in kwargs:
+        kwargs["ca_levels"] = every_level(kwargs["ca_levels"], len(unet.config.block_out_channels))
     branch = RefBranch(encoder_config=encoder_config(unet.config), **kwargs)
     branch.init_from_unet(unet)
     return branch
 
 
 def with_levels(branch: RefBranch, ca_levels) -> RefBranch:
-    """``branch`` with cross-attention at ``ca_levels``: a superset of its own levels. Its
-    trained weights (E_LR, E_Ref, every level it has) are kept; a new level starts with its
-    zero output projection, so the model computes exactly what it did until it is trained.
+    """``branch`` with cross-attention at ``ca_levels`` (or ``"all"``: every decoder position):
+    a superset of its own levels. Its trained weights (E_LR, E_Ref, every level it has) are
+    kept; a new level starts with its zero output projection, so the model computes exactly
+    what it did until it is trained.
 
     Raises:
-        ValueError: ``ca_levels`` drops a level the branch has (its training would be lost).
+        OptionError: ``ca_levels`` drops a level the branch has (its training would be lost).
     """
-    levels = sorted({int(i) for i in ca_levels})
+    levels = sorted({int(i) for i in every_level(ca_levels, len(branch.config.encoder_config["block_out_channels"]))})
     dropped = sorted(set(branch.levels) - set(levels))
     if dropped:
-        raise ValueError(f"ca_levels: {levels} drop the trained position(s) {dropped}: a trained branch can only "
+        raise OptionError("ca_levels", f"{levels} drop the trained position(s) {dropped}: a trained branch can only "
                          f"gain positions (it has {branch.levels})")
     if levels == branch.levels:
         return branch

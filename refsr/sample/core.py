@@ -41,9 +41,14 @@ class SampleSettings:
     starting from the noised latent of the bicubic-upsampled LR. ``draws`` >= 1: the denoised
     latent is the mean over that many draws of the start noise (one decode): an estimate
     closer to the mean restoration given the LR, which PSNR/SSIM reward, at the cost of
-    ``draws`` times the denoising work and of fine texture. ``steps``, ``color_fix``,
-    ``start_strength`` and ``draws`` left None take the model's recommended values (see
-    :func:`recommended_settings`)."""
+    ``draws`` times the denoising work and of fine texture. ``mirror``: every second draw
+    (1, 3, ...) restores the left-right mirror image; the mean latent of each orientation is
+    decoded, the mirrored image mirrored back, and the output is the mean of the two images
+    weighted by their draws: a self-ensemble for one more VQ decode (and encode) per image, no
+    more denoising (photos are mirror-symmetric, so the references stay as they are); no
+    effect with one draw. ``steps``, ``color_fix``,
+    ``start_strength``, ``draws`` and ``mirror`` left None take the model's recommended values
+    (see :func:`recommended_settings`)."""
 
     sampler: str = "ddim"
     steps: int | None = None
@@ -55,6 +60,7 @@ class SampleSettings:
     color_fix: str | None = None
     start_strength: float | None = None
     draws: int | None = None
+    mirror: bool | None = None
     cache_context: bool = True
 
     def check(self) -> None:
@@ -69,6 +75,8 @@ class SampleSettings:
             raise ValueError("steps and batch size must be >= 1, tile and tile overlap >= 0")
         if self.draws is not None and (isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1):
             raise ValueError(f"draws must be an integer >= 1, got {self.draws!r}")
+        if self.mirror is not None and not isinstance(self.mirror, bool):
+            raise ValueError(f"mirror must be True, False or None, got {self.mirror!r}")
         if self.start_strength is not None and not 0.0 < self.start_strength <= 1.0:
             raise ValueError(f"start strength must be in (0, 1], got {self.start_strength}")
         if self.tile and self.tile_overlap >= self.tile:
@@ -78,12 +86,12 @@ class SampleSettings:
 # The sampling settings a model may recommend, as ``recipe["recommended_<name>"]`` in its
 # model_index.json (chosen by measurement on held-out images), and what a model that
 # recommends none gets: diffusers' LDM-SR sampling (50 steps from pure noise, no colour fix,
-# one draw of the noise).
-RECOMMENDABLE = {"steps": 50, "color_fix": "none", "start_strength": 1.0, "draws": 1}
+# one draw of the noise, none mirrored).
+RECOMMENDABLE = {"steps": 50, "color_fix": "none", "start_strength": 1.0, "draws": 1, "mirror": False}
 
 
 def recommended_settings(model) -> dict:
-    """The sampling settings ``model`` recommends: ``{"steps", "color_fix", "start_strength", "draws"}``
+    """The sampling settings ``model`` recommends: ``{"steps", "color_fix", "start_strength", "draws", "mirror"}``
     from its ``recipe["recommended_<name>"]``, else :data:`RECOMMENDABLE`'s defaults."""
     recipe = getattr(model, "recipe", None) or {}
     return {name: recipe.get(f"recommended_{name}", default) for name, default in RECOMMENDABLE.items()}
@@ -250,10 +258,11 @@ def _lr_tile(canvas: _Canvas, tile: Tile | None):
     return canvas.lr[:, :, y0:y1, x0:x1], canvas.lr_up[:, :, ys, xs]
 
 
-def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings, lr_latents: dict | None = None) -> Callable:
+def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings, lr_latents: dict | None, budget: int) -> Callable:
     """``lr_context(k)``: the LR context of tile ``k`` (see ``RefSRModel.encode_lr``).
 
-    Kept across steps while all tiles' contexts together stay within ``LR_CONTEXT_CACHE_BYTES``;
+    Kept across steps while all tiles' contexts together stay within ``budget`` bytes (the
+    views of an image share ``LR_CONTEXT_CACHE_BYTES``);
     beyond that a tile keeps only its E_LR input (VQ latent || LR at latent size, a few
     channels at latent size) and E_LR runs again at each step, so memory stays flat in image
     size. ``lr_latents``: tile -> VQ latent of its upsampled LR, where :func:`_encode_lr_up`
@@ -270,7 +279,7 @@ def _lr_context_fn(model, canvas: _Canvas, settings: SampleSettings, lr_latents:
         return encode
     contexts, inputs, used, size = {}, {}, 0, 0
     for k in range(len(tiles)):
-        if used + size <= LR_CONTEXT_CACHE_BYTES:
+        if used + size <= budget:
             contexts[k] = encode(k)
             size = sum(t.numel() * t.element_size() for t in contexts[k].queries.values())
             used += size
@@ -349,27 +358,38 @@ def _reference_context(model, refs, ref_mask, keys=None, cache=None):
     return model.encode_references(inputs=reference_inputs(model, refs, ref_mask, keys, cache), mask=ref_mask)
 
 
-def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSettings, ref_context=None, lr_latents=None):
-    """Steps 2-3: contexts and ``eps_fn(x, t)``. The reference keys/values are computed once
-    per image (or given: ``ref_context``), the LR contexts once per tile (see
-    :func:`_lr_context_fn`; ``lr_latents`` as there); with ``cache_context`` off, both at
-    every step."""
+def _mirrored(canvas: _Canvas) -> _Canvas:
+    """The left-right mirror image of ``canvas`` (the padding moves to the left; the tiles
+    stay where they are, so the decoded images line up once the mirrored one is mirrored back)."""
+    return dataclasses.replace(canvas, lr=canvas.lr.flip(-1), lr_up=canvas.lr_up.flip(-1))
+
+
+def _make_eps_fn(model, views: list[_Canvas], refs, ref_mask, settings: SampleSettings, ref_context=None,
+                 lr_latents=None):
+    """Steps 2-3: contexts and ``eps_fn(x, t)`` for a batch of draws, draw ``b`` of the
+    image as ``views[b % len(views)]`` shows it (the canvas, and with ``mirror`` its mirror
+    image: :func:`_mirrored`). The reference keys/values are computed once per image (or given:
+    ``ref_context``), the LR contexts once per tile of each view (see :func:`_lr_context_fn`;
+    ``lr_latents[v]`` as there, for view ``v``); with ``cache_context`` off, both at every step."""
     has_refs = ref_context is not None or (refs is not None and bool(ref_mask.any()))
     use_refs = getattr(model, "kind", "ldm") == "ldm-ca" and has_refs
+    canvas, n_views = views[0], len(views)
     tiles = canvas.tiles or [None]
     if use_refs:
-        lr_context = _lr_context_fn(model, canvas, settings, lr_latents)
+        lr_latents = lr_latents or [None] * n_views
+        budget = LR_CONTEXT_CACHE_BYTES // n_views  # the views share the cap on kept contexts
+        lr_context = [_lr_context_fn(model, view, settings, latents, budget) for view, latents in zip(views, lr_latents)]
         ref_cached = ref_context
         if ref_cached is None and settings.cache_context:
             ref_cached = _reference_context(model, refs, ref_mask)
 
-    def predict(x, t, idx):  # x: one latent per entry of idx, the tile it covers
+    def predict(x, t, idx):  # x: one latent per entry of idx, the (view, tile) it covers
         n = len(idx)
-        lr = tree_cat([_lr_tile(canvas, tiles[k])[0] for k in idx])
+        lr = tree_cat([_lr_tile(views[v], tiles[k])[0] for v, k in idx])
         lr_ctx = ref_ctx = None
         if use_refs:
-            ctx = {k: lr_context(k) for k in dict.fromkeys(idx)}  # a tile's K draws share its context
-            lr_ctx = tree_cat([ctx[k] for k in idx])
+            ctx = {(v, k): lr_context[v](k) for v, k in dict.fromkeys(idx)}  # a tile's draws share its context
+            lr_ctx = tree_cat([ctx[key] for key in idx])
             ref_ctx = tree_repeat(ref_cached if ref_cached is not None else _reference_context(model, refs, ref_mask), n)
         return model(x, t.reshape(1).expand(n), lr, lr_context=lr_ctx, ref_context=ref_ctx).float()
 
@@ -377,12 +397,16 @@ def _make_eps_fn(model, canvas: _Canvas, refs, ref_mask, settings: SampleSetting
     if canvas.tiles is None:  # the draws (the batch of x), batch_size per call
         import torch
 
-        return lambda x, t: torch.cat([predict(x[i : i + step], t, [0] * len(x[i : i + step]))
-                                       for i in range(0, x.shape[0], step)])
+        def eps_whole(x, t):
+            parts = [predict(x[i : i + step], t, [(b % n_views, 0) for b in range(i, min(i + step, len(x)))])
+                     for i in range(0, x.shape[0], step)]
+            return torch.cat(parts)
+
+        return eps_whole
     weights = _latent_weights(canvas, settings)
 
     def eps_tiled(x, t):
-        fn = lambda units: predict(cut_tiles(x, canvas.tiles, units), t, [k for k, _ in units])  # noqa: E731
+        fn = lambda units: predict(cut_tiles(x, canvas.tiles, units), t, [(b % n_views, k) for k, b in units])  # noqa: E731
         return blend_tiles(fn, x.shape, canvas.tiles, weights, step, device=x.device)
 
     return eps_tiled
@@ -448,19 +472,27 @@ def encode_references(model, refs, ref_mask=None, settings: SampleSettings | Non
         return _reference_context(model, refs, ref_mask, keys, cache)
 
 
-def _mean_denoised(eps_fn, noises, scheduler, settings: SampleSettings, generator, callback, disable, init):
+def _mean_denoised(eps_fn, noises, scheduler, settings: SampleSettings, generator, callback, disable, init,
+                   n_views: int = 1) -> list:
     """Step 4 for the K draws of the start noise at once (``noises`` (K, C, h, w): one pass of
     the sampler over a batch of K, the contexts in ``eps_fn`` computed once), then the mean of
-    the K denoised latents (summed in draw order; for one draw the latent itself: dividing by
-    1 is exact)."""
+    the denoised latents of each view: draw ``b`` is of view ``b % n_views``
+    (:func:`_make_eps_fn`) and starts from ``init[b % n_views]`` ((n_views, C, h, w)). Summed
+    in draw order; for one draw the latent itself (dividing by 1 is exact). Returns
+    ``[(mean latent (1, C, h, w), number of draws)]``, one per view, in that view's orientation
+    (a latent is not mirror-symmetric: a mirrored draw is mirrored back only once decoded)."""
     if init is not None:
-        init = init.expand(noises.shape[0], *init.shape[1:])
+        init = init[[b % n_views for b in range(noises.shape[0])]]
     x0 = denoise(eps_fn, noises, scheduler, settings.steps, settings.eta, generator, callback, disable,
                  init_latents=init, strength=settings.start_strength)
-    x = x0[:1]
-    for k in range(1, x0.shape[0]):
-        x = x + x0[k : k + 1]
-    return x / x0.shape[0]
+    means = []
+    for v in range(min(n_views, x0.shape[0])):
+        draws = list(range(v, x0.shape[0], n_views))
+        x = x0[draws[0] : draws[0] + 1]
+        for k in draws[1:]:
+            x = x + x0[k : k + 1]
+        means.append((x / len(draws), len(draws)))
+    return means
 
 
 def restore_tensor(
@@ -510,14 +542,21 @@ def restore_tensor(
         # (the draws one after another: draw 0 is the noise of a one-draw run)
         noises = torch.cat([torch.randn((1, *canvas.latent), generator=generator, device=gen_device, dtype=torch.float32)
                             for _ in range(settings.draws)]).to(device)
-        lr_latents: dict = {}  # the upsampled LR's latents, encoded once for both uses
-        init = _encode_lr_up(model, canvas, settings, lr_latents) if settings.start_strength < 1.0 else None
+        views = [canvas, _mirrored(canvas)] if settings.mirror and settings.draws > 1 else [canvas]
+        lr_latents = [{} for _ in views]  # the upsampled LR's latents, encoded once for both uses
+        init = None
+        if settings.start_strength < 1.0:
+            init = torch.cat([_encode_lr_up(model, view, settings, latents) for view, latents in zip(views, lr_latents)])
         # 3. contexts and noise prediction; 4. the sampler's loop
-        eps_fn = _make_eps_fn(model, canvas, refs, ref_mask, settings, ref_context, lr_latents)
+        eps_fn = _make_eps_fn(model, views, refs, ref_mask, settings, ref_context, lr_latents)
         scheduler = make_scheduler(settings.sampler, model.scheduler_config)
-        x = _mean_denoised(eps_fn, noises, scheduler, settings, generator, callback, disable, init)
-        # 5. decode, crop the padding away, 6. colour fix against the upsampled input
-        image = _decode(model, x, canvas, settings).clamp(-1.0, 1.0)
+        means = _mean_denoised(eps_fn, noises, scheduler, settings, generator, callback, disable, init, len(views))
+        # 5. decode (each view's mean; the mirrored one mirrored back, then the mean weighted by
+        # draws), crop the padding away, 6. colour fix against the upsampled input
+        images = [(_decode(model, x, canvas, settings).clamp(-1.0, 1.0), n) for x, n in means]
+        image = images[0][0]
+        if len(images) > 1:
+            image = (images[0][0] * images[0][1] + images[1][0].flip(-1) * images[1][1]) / settings.draws
     s = model_factors(model)[0]
     h, w = canvas.size[0] * s, canvas.size[1] * s
     image, up = image[:, :, :h, :w], canvas.lr_up[:, :, :h, :w]

@@ -199,7 +199,7 @@ DERIVED_SETTINGS = ("timesteps",)  # follow from sampler, steps and start_streng
 
 # Settings that run.json files written before they existed do not record, with the value
 # those runs used: such a folder's outputs were made with it.
-LATER_SETTINGS = {"draws": 1}
+LATER_SETTINGS = {"draws": 1, "mirror": False}
 
 
 def _changed(old: dict, new: dict) -> list[str]:

@@ -27,6 +27,7 @@ from torch import nn
 from ..models.autoencoder import (ENCODER_PARTS, LatentSpec, PatchDiscriminator, build_vqvae, hinge_d_loss, latent_statistics,
                                   vq_downsampling, write_latent_spec)
 from ..constants import DECODE_MODES
+from ..errors import OptionError
 from ..io import image_to_tensor, read_rgb
 from ..models.ldm import load_config
 from .data import CropDataset, image_paths, split_images
@@ -177,7 +178,7 @@ class AutoencoderStage(Stage):
         self.kept_scale = None
         if decoder_only:
             if init_from is None:
-                raise ValueError("decoder-only training keeps a trained encoder: it needs init_from")
+                raise OptionError("decoder_only", "keeps a trained encoder: it needs a trained autoencoder to start from (--init-from)")
             from .diffusion import vq_latent_spec
 
             self.kept_scale = vq_latent_spec(init_from).scale  # same latents: same normalisation

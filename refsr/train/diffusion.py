@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..models.autoencoder import LatentSpec, latent_spec_or_default
 from ..models.ldm import PREDICTION_TYPES, RefSRModel, _scheduler_kwargs, check_compatible, load_config, upsample_lr
 from ..models.ref_branch import branch_for, with_levels
@@ -50,11 +50,13 @@ def vq_latent_spec(path) -> LatentSpec:
     """The latent settings that go with the VQ of ``path`` (as :func:`resolve_vqvae_dir`): a
     model folder's own, as the model loads them (a model's ``vqvae/`` has no settings file of
     its own), else the VQ folder's ``refsr_latent.json``, else scale 1 with quantised decoding
-    (said once)."""
+    (said once). Reads settings files only, no weights."""
+    from ..models.pipeline import folder_latent_spec
+
     path = Path(path)
     for folder in (path / "model", path):
         if (folder / "unet" / "config.json").is_file() and (folder / "vqvae" / "config.json").is_file():
-            return RefSRModel.from_pretrained(folder).latent
+            return folder_latent_spec(folder)
     return latent_spec_or_default(resolve_vqvae_dir(path))
 
 
@@ -78,7 +80,7 @@ def build_model(config, kind: str, vqvae_dir=None, init_from=None, prediction_ty
 
     Raises:
         InputError: a VQ whose latent size or factor does not fit the U-Net.
-        ValueError: an unknown prediction type; ``ca_levels`` that drop a trained level.
+        ValueError: an unknown prediction type; OptionError: ``ca_levels`` that drop a trained level.
     """
     cfg = load_config(config)
     branch = None
@@ -247,12 +249,12 @@ class DiffusionStage(Stage):
                  ca_levels=None, self_ref_fraction: float = 0.0):
         cfg = load_config(config)
         if freeze_unet and (kind != "ldm-ca" or init_from is None):
-            raise ValueError("freezing the U-Net trains only the reference branch: it needs kind ldm-ca and "
-                             "a trained U-Net to start from (--init-from)")
+            raise OptionError("freeze_unet", "trains only the reference branch: it needs kind ldm-ca and a trained "
+                              "U-Net to start from (--init-from)")
         if ca_levels is not None and kind != "ldm-ca":
-            raise ValueError("ca_levels: cross-attention positions belong to the reference branch: they need kind ldm-ca")
+            raise OptionError("ca_levels", "cross-attention positions belong to the reference branch: they need kind ldm-ca")
         if self_ref_fraction > 0 and kind != "ldm-ca":
-            raise ValueError("self references feed the reference branch: they need kind ldm-ca")
+            raise OptionError("self_ref_fraction", "self references feed the reference branch: they need kind ldm-ca")
         self.seed, self.validation_steps = seed, validation_steps
         self.min_snr_gamma = cfg["train"]["min_snr_gamma"] if min_snr_gamma is None else float(min_snr_gamma)
         torch.manual_seed(seed)

@@ -1,12 +1,12 @@
 """Record in a model folder how it should be sampled: ``recipe.recommended_steps``,
-``recommended_start_strength``, ``recommended_color_fix`` and ``recommended_draws`` in its
-model_index.json, which `refsr sample` and `refsr demo` use when --steps, --start-strength,
---color-fix and --draws are left out (refsr.sample.recommended_settings). Choose them on
+``recommended_start_strength``, ``recommended_color_fix``, ``recommended_draws`` and
+``recommended_mirror`` in its model_index.json, which `refsr sample` and `refsr demo` use when
+--steps, --start-strength, --color-fix, --draws and --mirror are left out (refsr.sample.recommended_settings). Choose them on
 held-out images that are neither training nor test (docs/results.md, runs 5 and 6: the
 validation birds). Only the values given are written; the others stay as they are.
 
     python scripts/experiments/recommend.py refsr/weights/default --steps 4 --start-strength 0.5 \
-        --color-fix wavelet --draws 4
+        --color-fix wavelet --draws 4 --mirror
 
 The values are checked as `refsr sample` checks them (a start strength above the model's
 recipe.max_strength is refused) before the file is rewritten (atomically).
@@ -33,8 +33,10 @@ def main() -> None:
     ap.add_argument("--start-strength", type=float)
     ap.add_argument("--color-fix", choices=COLOR_FIXES)
     ap.add_argument("--draws", type=int)
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None)
     args = ap.parse_args()
-    given = {"steps": args.steps, "start_strength": args.start_strength, "color_fix": args.color_fix, "draws": args.draws}
+    given = {"steps": args.steps, "start_strength": args.start_strength, "color_fix": args.color_fix, "draws": args.draws,
+             "mirror": args.mirror}
     given = {k: v for k, v in given.items() if v is not None}
     model = RefSRModel.from_pretrained(args.model)
     try:  # refuses what `refsr sample` would refuse
@@ -46,7 +48,7 @@ def main() -> None:
     meta["recipe"] = dict(sorted({**meta.get("recipe", {}), **{f"recommended_{k}": v for k, v in given.items()}}.items()))
     write_json(index, meta)
     print(f"{index}: {settings.steps} steps, start strength {settings.start_strength:g}, colour fix "
-          f"{settings.color_fix}, {settings.draws} draw(s): timesteps {sampling_timesteps(settings.sampler, model.scheduler_config, settings.steps, settings.start_strength)}")
+          f"{settings.color_fix}, {settings.draws} draw(s){', every second mirrored' if settings.mirror else ''}: timesteps {sampling_timesteps(settings.sampler, model.scheduler_config, settings.steps, settings.start_strength)}")
 
 
 if __name__ == "__main__":
