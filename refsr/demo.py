@@ -173,9 +173,9 @@ def run_demo(
             (:func:`refsr.sample.recommended_settings`: 4 for the shipped model), else 50.
         matcher: a ``refsr match --matcher`` spec; ``None`` = ``shipped``, the trained matcher.
         patch: reference fragment size (default: the model's ``ref_size``).
-        color_fix: ``wavelet``, ``adain`` or ``none``: match the output's low-frequency colour
-            to the upsampled input (as StableSR does); ``None`` = the model's recommended
-            value (wavelet for the shipped model), else ``none``.
+        color_fix: ``wavelet``, ``adain``, ``luma`` or ``none``: match the output's colour to
+            the upsampled input (see :mod:`refsr.sample.color_fix`); ``None`` = the model's
+            recommended value (luma for the shipped model), else ``none``.
         start_strength: where the reverse process starts (see ``refsr sample
             --start-strength``); ``None`` = the model's ``recipe.recommended_start_strength``
             (0.5 for the shipped model: with 4 steps one DDIM jump from t = 250), else 1.

@@ -23,9 +23,8 @@ from .common import StageCommand, device_option, report, seed_option, warn
 @click.option("--matcher", default=None,
               help="Patch matcher: shipped (default), imagenet, none or a folder from `refsr train matcher`.")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default=None,
-              help="Match the restored images' low-frequency colour to the upsampled input (as StableSR), as "
-              "`refsr sample --color-fix` (default: the model's recommended value, wavelet for the shipped "
-              "model, else none).")
+              help="Match the restored images' colour to the upsampled input, as `refsr sample --color-fix` "
+              "(default: the model's recommended value, luma for the shipped model, else none).")
 @click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Where the reverse process starts, as `refsr sample --start-strength` (default: the model's "
               "recommended value, 0.5 for the shipped model; 1 = from pure noise).")

@@ -61,9 +61,10 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision (fp16 on CUDA only).")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default=None,
-              help="Match the output's low-frequency colour to the bicubic-upsampled input (wavelet: its "
-              "low-frequency bands; adain: per-channel mean and std; none). Default: the model's recommended "
-              "value (recipe.recommended_color_fix; wavelet for the shipped model), else none.")
+              help="Match the output's colour to the bicubic-upsampled input (wavelet: its low-frequency "
+              "bands; adain: per-channel mean and std; luma: wavelet, then the input's chroma (BT.601 Cb, Cr), so "
+              "the model restores the luma only; none). Default: the model's recommended value "
+              "(recipe.recommended_color_fix; luma for the shipped model), else none.")
 @click.option("--outscale", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Final scale relative to the input (LANCZOS resize); default: the model's scale.")
 @click.option("--suffix", default="_sr", show_default=True, help="Appended to each output's stem.")

@@ -22,7 +22,7 @@
 #               from INIT_FROM: ldm-ca from its U-Net and branch, ldm from the same U-Net alone
 #   eval        test birds: bicubic, autoencoder ceiling, INIT_FROM as it is shipped, ldm, ldm-ca
 #               without / with references, ldm-ca sampled as shipped (--start-strength, draws,
-#               wavelet), and so with each pair's own HR (oracle) or another pair's HR as its
+#               START_COLOR_FIX), and so with each pair's own HR (oracle) or another pair's HR as its
 #               reference (does the branch borrow content? scripts/experiments/oracle_matches.py;
 #               another photo, not noise: a model trained with views of its target never saw
 #               noise as a reference, docs/results.md run 10); test general
@@ -56,6 +56,7 @@
 #   START_STEPS [4: with START_STRENGTH 0.5 one DDIM jump from t = 250, the best PSNR on the validation birds in run 5]
 #   START_DRAWS [4: the mean of 4 draws of the noise, the shipped model's choice on the validation birds in run 6]
 #   START_MIRROR [1: every second draw restores the mirror image (--mirror; run 11: +0.06 dB on the validation birds); 0: --no-mirror]
+#   START_COLOR_FIX [luma: the wavelet fix and the input's chroma (run 12: Y unchanged, +0.19 dB RGB PSNR on the validation birds)]
 #   METRICS [psnr,ssim,niqe]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json] CLIP_PRETRAINED [none]
 #   MATCHER [shipped] BUDGET_MB [20] DATA [../shared/data] REFSR [refsr] PYTHON [python3]
@@ -76,7 +77,7 @@ fi
 recipe=(--min-snr-gamma "$MIN_SNR" --max-strength "$MAX_STRENGTH" --lr-start-fraction "$LR_START")
 [ -n "$PREDICTION" ] && recipe+=(--prediction-type "$PREDICTION")
 [ -n "$LR" ] && recipe+=(--lr "$LR" --lr-schedule cosine --warmup 100)
-SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; METRICS=${METRICS:-psnr,ssim,niqe}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; START_COLOR_FIX=${START_COLOR_FIX:-luma}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -149,7 +150,7 @@ if has eval; then
   sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" -o "$R/ldm-ca" &
   shipped() {  # MODEL OUT [MATCHES]: sampled as the model is shipped
     $REFSR -q sample --model "$1" "$T" --matches "${3:-$WORK/matches_test.jsonl}" --seed "$SEED" --device "$DEVICE" \
-        --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" "$mirror" --color-fix wavelet -o "$2"; }
+        --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" "$mirror" --color-fix "$START_COLOR_FIX" -o "$2"; }
   shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_s$START_STRENGTH" &
   for diag in oracle other; do  # does the branch borrow content? the ground truth, then another pair's HR, as the reference
     flag=(); [ $diag = other ] && flag=(--other)
@@ -165,6 +166,11 @@ if has eval; then
     OMP_NUM_THREADS=2 evaluate "$name" "$R/$name" "$T" > "$WORK/eval/eval_$name.txt" &   # side by side: NIQE is CPU work
   done
   for name in bicubic ldm-ca; do OMP_NUM_THREADS=2 evaluate "general_$name" "$R/general_$name" "$G" > "$WORK/eval/eval_general_$name.txt" & done
+  rgb=(bicubic autoencoder "${before[@]}" "ldm-ca_s$START_STRENGTH")  # the colour, which Y does not see (run 12)
+  for name in "${rgb[@]}"; do
+    $REFSR -q evaluate --pred "$R/$name" --gt "$T" --metrics psnr,ssim --color rgb -o "$WORK/eval/report_${name}_rgb.json" \
+        --csv "$WORK/eval/per_image_${name}_rgb.csv" --device "$DEVICE" > "$WORK/eval/eval_${name}_rgb.txt" &
+  done
   wait
   e="$WORK/eval"
   { echo "# test birds (${SAMPLE_STEPS} DDIM steps from each model's recommended start: from noise, or MAX_STRENGTH $MAX_STRENGTH); $fair"
@@ -173,7 +179,11 @@ if has eval; then
     $REFSR evaluate --compare "${reports[@]}" "$e/report_ldm.json" \
         "$e/report_ldm-ca_norefs.json" "$e/report_ldm-ca.json" "$e/report_ldm-ca_s$START_STRENGTH.json" \
         "$e/report_ldm-ca_oracle.json" "$e/report_ldm-ca_other.json" \
-        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; ${mirror#--}; wavelet),as shipped with the ground truth as reference (oracle),as shipped with another pair's HR as reference"
+        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; ${mirror#--}; $START_COLOR_FIX),as shipped with the ground truth as reference (oracle),as shipped with another pair's HR as reference"
+    echo "# test birds, RGB (the colour counts: run 12)"
+    rgb_names="Bicubic,Autoencoder ceiling,"; [ ${#before[@]} = 0 ] || rgb_names+="Before: $INIT_FROM as shipped,"
+    rgb_reports=(); for name in "${rgb[@]}"; do rgb_reports+=("$e/report_${name}_rgb.json"); done
+    $REFSR evaluate --compare "${rgb_reports[@]}" --names "${rgb_names}LDM+CA start $START_STRENGTH"
     echo "# test general photos"
     $REFSR evaluate --compare "$e/report_general_bicubic.json" "$e/report_general_ldm-ca.json" --names "Bicubic,LDM+CA"
   } | tee "$e/table.txt"
@@ -196,7 +206,7 @@ for f in dst.rglob("*.safetensors"):
 print(f"exported {dst}")
 PY
   $PYTHON scripts/experiments/recommend.py "$RESULTS/default_model" --steps "$START_STEPS" \
-      --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix wavelet "$([ "$START_MIRROR" = 0 ] && echo --no-mirror || echo --mirror)"
+      --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix "$START_COLOR_FIX" "$([ "$START_MIRROR" = 0 ] && echo --no-mirror || echo --mirror)"
   cp "$WORK"/eval/*.json "$WORK"/eval/*.txt "$WORK"/eval/grid.png "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
   cp "$WORK/runs/vq/eval.json" "$RESULTS/autoencoder_eval.json"
   for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done

@@ -850,7 +850,7 @@ def test_the_shipped_model_recommends_the_settings_its_numbers_were_measured_wit
     from refsr.sample.loading import default_model_path
 
     shipped = RefSRModel.from_pretrained(default_model_path())
-    assert recommended_settings(shipped) == {"steps": 4, "color_fix": "wavelet", "start_strength": 0.5, "draws": 4,
+    assert recommended_settings(shipped) == {"steps": 4, "color_fix": "luma", "start_strength": 0.5, "draws": 4,
                                              "mirror": True}
 
 

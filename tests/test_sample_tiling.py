@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refsr.sample.color_fix import adain_color_fix, apply_color_fix, wavelet_color_fix, wavelet_decompose
+from refsr.sample.color_fix import adain_color_fix, apply_color_fix, luma_color_fix, wavelet_color_fix, wavelet_decompose
 from refsr.sample.samplers import denoise, make_scheduler
 from refsr.sample.tiling import Tile, blend_tiles, blend_weights, cut_tiles, lr_multiple, pad_to_multiple, ramp_1d, tile_grid, tile_starts
 
@@ -83,6 +83,30 @@ def test_wavelet_split_is_exact_and_fix_takes_reference_colour(astronaut):
     assert (fixed.mean() - img.mean()).abs() < 0.02 < (shifted.mean() - img.mean()).abs()
     _, low_fixed = wavelet_decompose(fixed)
     assert torch.allclose(low_fixed, low, atol=0.05)
+
+
+def _ycbcr(rgb01):
+    """MATLAB rgb2ycbcr (BT.601) of (B, 3, H, W) RGB in [0, 1], written out here on its own."""
+    r, g, b = rgb01[:, 0], rgb01[:, 1], rgb01[:, 2]
+    return torch.stack([16 + 65.481 * r + 128.553 * g + 24.966 * b,
+                        128 - 37.797 * r - 74.203 * g + 112.0 * b,
+                        128 + 112.0 * r - 93.786 * g - 18.214 * b], 1)
+
+
+def test_luma_fix_keeps_the_wavelet_luma_and_takes_the_inputs_chroma(astronaut):
+    """The model's detail in the luma (as the wavelet fix leaves it), the input's colour: a
+    restoration that lost most of its saturation gets the input's Cb and Cr back, pixel by pixel,
+    and its Y channel (what Y-PSNR scores) is exactly the wavelet fix's."""
+    torch.manual_seed(0)
+    img = torch.from_numpy(astronaut[::4, ::4].transpose(2, 0, 1).copy()).double()[None] * 1.6 - 0.8  # no clipping
+    grey = img.mean(1, keepdim=True)
+    washed = grey + 0.3 * (img - grey) + 0.05 * torch.randn_like(img)  # 70 % of the saturation gone, new detail
+    fixed, wavelet = luma_color_fix(washed, img), wavelet_color_fix(washed, img)
+    y_fixed, y_wavelet, y_ref = (_ycbcr((t + 1) / 2) for t in (fixed, wavelet, img))
+    assert torch.allclose(y_fixed[:, 0], y_wavelet[:, 0], atol=1e-9)
+    assert torch.allclose(y_fixed[:, 1:], y_ref[:, 1:], atol=1e-9)
+    assert (y_wavelet[:, 1:] - y_ref[:, 1:]).abs().mean() > 5  # what the wavelet fix alone leaves (0-255 scale)
+    assert torch.equal(apply_color_fix(washed, img, "luma"), fixed.clamp(-1, 1))
 
 
 def test_adain_matches_channel_statistics_and_none_is_identity():

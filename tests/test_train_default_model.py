@@ -57,7 +57,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     table = (results / "table.txt").read_text()
     assert "fair: both models made 2 optimizer steps" in table
     for row in ("Autoencoder ceiling", "LDM+CA no refs", "LDM+CA start 0.5", "PSNR", "ground truth as reference (oracle)",
-                "another pair's HR as reference"):
+                "another pair's HR as reference", "PSNR (RGB, dB)"):
         assert row in table
     ae = read_json(results / "autoencoder_eval.json")
     assert ae["images"] >= 1 and ae["border"] == 4
@@ -90,7 +90,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     assert recipe["init_from"] == str(results / "default_model") and recipe["max_strength"] == 0.5
     assert recipe["lr_start_fraction"] == 0.5 and recipe["self_ref_fraction"] == 0.5
     assert (recipe["recommended_steps"], recipe["recommended_draws"], recipe["recommended_start_strength"],
-            recipe["recommended_color_fix"], recipe["recommended_mirror"]) == (4, 4, 0.5, "wavelet", True)
+            recipe["recommended_color_fix"], recipe["recommended_mirror"]) == (4, 4, 0.5, "luma", True)
     assert after.prediction_type == "v_prediction" and after.latent.scale == model.latent.scale
     enc_before, enc_after = model.vqvae.encoder.state_dict(), after.vqvae.encoder.state_dict()
     assert all(torch.equal(enc_before[k], enc_after[k]) for k in enc_before)  # decoder-only: the same latents

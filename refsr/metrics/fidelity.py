@@ -26,6 +26,8 @@ COLORS = ("y", "rgb")
 # MATLAB rgb2ycbcr, Y row, for R, G, B in [0, 1] giving Y on the 0-255 scale (ITU-R BT.601).
 BT601_Y_WEIGHTS = (65.481, 128.553, 24.966)
 BT601_Y_OFFSET = 16.0
+# The Cb and Cr rows (offset 128), for the ``luma`` colour fix of refsr.sample.
+BT601_CBCR_WEIGHTS = ((-37.797, -74.203, 112.0), (112.0, -93.786, -18.214))
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

@@ -8,11 +8,15 @@ frequencies). StableSR (Wang et al. 2023, Sec. 3.4) and SUPIR fix this after sam
   3x3 binomial blur).
 - ``adain``: shift and scale each colour channel of the output to the input's mean and
   standard deviation (AdaIN, Huang & Belongie 2017).
+- ``luma``: ``wavelet``, then the chroma (Cb, Cr of ITU-R BT.601) of the upsampled input:
+  the model restores the luma only, as the early SR networks did (SRCNN, Dong et al. 2014).
+  The luma, and with it every Y-channel metric, is that of ``wavelet``; the colour is the
+  input's, not the desaturated chroma of an autoencoder that keeps too little of it.
 """
 
 from __future__ import annotations
 
-COLOR_FIXES = ("none", "wavelet", "adain")
+COLOR_FIXES = ("none", "wavelet", "adain", "luma")
 
 
 def _binomial_blur(image, dilation: int):
@@ -57,8 +61,37 @@ def adain_color_fix(output, reference, eps: float = 1e-5):
     return (output - mu_o) / (sd_o + eps) * sd_r + mu_r
 
 
+def _chroma_projection(dtype, device):
+    """The 3x3 matrix that maps RGB to its chroma part: ``P @ rgb`` has zero BT.601 luma and
+    the Cb, Cr of ``rgb`` (``rgb - P @ rgb`` has zero Cb, Cr): ``M^-1 diag(0, 1, 1) M``."""
+    import torch
+
+    from ..metrics.fidelity import BT601_CBCR_WEIGHTS, BT601_Y_WEIGHTS
+
+    m = torch.tensor([BT601_Y_WEIGHTS, *BT601_CBCR_WEIGHTS], dtype=torch.float64)
+    p = torch.linalg.inv(m) @ torch.diag(torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)) @ m
+    return p.to(dtype=dtype, device=device)
+
+
+def chroma_from(output, reference):
+    """``output``'s BT.601 luma with ``reference``'s chroma (Cb, Cr); (B, 3, H, W) RGB of the
+    same shape and range (the offsets of Y, Cb and Cr cancel)."""
+    import torch
+
+    p = _chroma_projection(output.dtype, output.device)
+    return output + torch.einsum("ij,bjhw->bihw", p, reference - output)
+
+
+def luma_color_fix(output, reference, levels: int = 5):
+    """:func:`wavelet_color_fix`, then :func:`chroma_from` ``reference``."""
+    return chroma_from(wavelet_color_fix(output, reference, levels), reference)
+
+
+_FIXES = {"wavelet": wavelet_color_fix, "adain": adain_color_fix, "luma": luma_color_fix}
+
+
 def apply_color_fix(output, reference, method: str = "none"):
-    """Apply ``method`` (``none``, ``wavelet`` or ``adain``) to (B, 3, H, W) ``output``
+    """Apply ``method`` (``none``, ``wavelet``, ``adain`` or ``luma``) to (B, 3, H, W) ``output``
     using the bicubic-upsampled input ``reference`` of the same shape; float32 in [-1, 1]
     in and out (clamped).
 
@@ -71,5 +104,4 @@ def apply_color_fix(output, reference, method: str = "none"):
         return output
     if output.shape != reference.shape:
         raise ValueError(f"color fix needs equal shapes, got {tuple(output.shape)} and {tuple(reference.shape)}")
-    fixed = wavelet_color_fix(output, reference) if method == "wavelet" else adain_color_fix(output, reference)
-    return fixed.clamp(-1.0, 1.0)
+    return _FIXES[method](output, reference).clamp(-1.0, 1.0)

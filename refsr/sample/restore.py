@@ -141,7 +141,9 @@ def check_output_size(path, lr_size: tuple[int, int], scale: int, outscale: floa
 # 96 and 384 px inputs at x4, /usr/bin/time max RSS, 2026-11-28): full-size float32 canvases
 # (upsampled input, blended decoder output, the colour fix's working copies, the result on the
 # host). The host part (result, clipped copy, encoded image) stays on the CPU with CUDA too.
-BYTES_PER_OUTPUT_PIXEL = {"none": 100, "adain": 150, "wavelet": 210}
+# ``luma`` is ``wavelet`` and two more float32 canvases (the chroma difference and its projection),
+# rounded up (at 384 px its peak was within the run-to-run spread of wavelet's, 1.5-1.7 GB).
+BYTES_PER_OUTPUT_PIXEL = {"none": 100, "adain": 150, "wavelet": 210, "luma": 250}
 HOST_BYTES_PER_OUTPUT_PIXEL = 48
 
 

@@ -6,7 +6,7 @@ held-out images that are neither training nor test (docs/results.md, runs 5 and 
 validation birds). Only the values given are written; the others stay as they are.
 
     python scripts/experiments/recommend.py refsr/weights/default --steps 4 --start-strength 0.5 \
-        --color-fix wavelet --draws 4 --mirror
+        --color-fix luma --draws 4 --mirror
 
 The values are checked as `refsr sample` checks them (a start strength above the model's
 recipe.max_strength is refused) before the file is rewritten (atomically).
