@@ -11,13 +11,8 @@
 #   training photos, scripts/experiments/clip_small_random.json] (made as scripts/experiments/finetune_cpu.sh
 #   makes them: its data and testdata stages)
 set -euo pipefail
-STAGES=${STAGES:-${*:-val test general}}
 WORK=${WORK:-work/chroma}; MODEL=${MODEL:-refsr/weights/default}
-VAL=${VAL:-work/ft/pairs_val/manifest.jsonl}; VAL_MATCHES=${VAL_MATCHES:-work/ft/matches_val.jsonl}
-TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
-PACK=${PACK:-gpu_data}; INDEX=${INDEX:-work/ft/refs.index}
-has() { [[ " $STAGES " == *" $1 "* ]]; }
-mkdir -p "$WORK/eval"
+. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES and has()
 
 evaluate() {  # NAME PRED MANIFEST: Y (PSNR, SSIM, NIQE) and RGB (PSNR, SSIM)
   refsr -q evaluate --pred "$2" --gt "$3" --metrics psnr,ssim,niqe -o "$WORK/eval/report_$1.json" \
@@ -26,19 +21,11 @@ evaluate() {  # NAME PRED MANIFEST: Y (PSNR, SSIM, NIQE) and RGB (PSNR, SSIM)
       --csv "$WORK/eval/per_image_$1_rgb.csv" --device cpu --overwrite > "$WORK/eval/eval_$1_rgb.txt"
   echo "== $1"; sed -n 3,5p "$WORK/eval/eval_$1.txt"; sed -n 3,4p "$WORK/eval/eval_$1_rgb.txt"
 }
-paired() { echo "== $2 vs $1"; python scripts/experiments/paired.py "$WORK/eval/per_image_$1.csv" "$WORK/eval/per_image_$2.csv"; }
 
-if has general; then  # the pairs and matches of docs/results.md runs 6 and 11
-  [ -s "$WORK/pairs_general/manifest.jsonl" ] || refsr -q degrade $(sed "s|^|$PACK/split/|" "$PACK/split/test_general.txt") \
-      -o "$WORK/pairs_general" --crop 224 --seed 0
-  [ -s "$WORK/matches_general.jsonl" ] || refsr -q match "$WORK/pairs_general/manifest.jsonl" --index "$INDEX" \
-      -o "$WORK/matches_general.jsonl" --query lr --group-by parent --top-images 10 --top-refs 10 --window 224 \
-      --stride 112 --device cpu
-fi
+has general && general_data
 for split in val test general; do
   has $split || continue
-  case $split in val) m=$VAL; mt=$VAL_MATCHES;; test) m=$TEST; mt=$TEST_MATCHES;;
-                 general) m=$WORK/pairs_general/manifest.jsonl; mt=$WORK/matches_general.jsonl;; esac
+  split_data $split
   python -c "import sys; from refsr.demo import bicubic_baseline as b; b(sys.argv[1], sys.argv[2])" \
       "$m" "$WORK/restored/${split}_bicubic"
   evaluate "${split}_bicubic" "$WORK/restored/${split}_bicubic" "$m"

@@ -1,0 +1,26 @@
+# Sourced by mirror_eval.sh and chroma_eval.sh (after they set WORK): the held-out splits of
+# docs/results.md runs 6-12, their knobs (documented by the callers), the stages to run (the
+# caller's arguments or STAGES, default all) and has STAGE.
+STAGES=${STAGES:-${*:-val test general}}
+VAL=${VAL:-work/ft/pairs_val/manifest.jsonl}; VAL_MATCHES=${VAL_MATCHES:-work/ft/matches_val.jsonl}
+TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
+PACK=${PACK:-gpu_data}; INDEX=${INDEX:-work/ft/refs.index}
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+mkdir -p "$WORK/eval"
+
+general_data() {  # the 15 general test photos: pairs and matches as in run 6
+  [ -s "$WORK/pairs_general/manifest.jsonl" ] || refsr -q degrade $(sed "s|^|$PACK/split/|" "$PACK/split/test_general.txt") \
+      -o "$WORK/pairs_general" --crop 224 --seed 0
+  [ -s "$WORK/matches_general.jsonl" ] || refsr -q match "$WORK/pairs_general/manifest.jsonl" --index "$INDEX" \
+      -o "$WORK/matches_general.jsonl" --query lr --group-by parent --top-images 10 --top-refs 10 --window 224 \
+      --stride 112 --device cpu
+}
+
+split_data() {  # SPLIT (val, test or general): sets m (its pair manifest) and mt (its matches)
+  case $1 in val) m=$VAL; mt=$VAL_MATCHES;; test) m=$TEST; mt=$TEST_MATCHES;;
+             general) m=$WORK/pairs_general/manifest.jsonl; mt=$WORK/matches_general.jsonl;; esac
+}
+
+paired() {  # A B: B against A, per image (WORK/eval/per_image_*.csv)
+  echo "== $2 vs $1"; python scripts/experiments/paired.py "$WORK/eval/per_image_$1.csv" "$WORK/eval/per_image_$2.csv"
+}
