@@ -77,7 +77,7 @@ fi
 recipe=(--min-snr-gamma "$MIN_SNR" --max-strength "$MAX_STRENGTH" --lr-start-fraction "$LR_START")
 [ -n "$PREDICTION" ] && recipe+=(--prediction-type "$PREDICTION")
 [ -n "$LR" ] && recipe+=(--lr "$LR" --lr-schedule cosine --warmup 100)
-SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; START_COLOR_FIX=${START_COLOR_FIX:-luma}; METRICS=${METRICS:-psnr,ssim,niqe}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; mirror=--mirror; [ "$START_MIRROR" = 0 ] && mirror=--no-mirror; START_COLOR_FIX=${START_COLOR_FIX:-luma}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -144,7 +144,6 @@ if has eval; then
   mkdir -p "$WORK/eval"
   R="$WORK/restored"; T="$WORK/pairs_test/manifest.jsonl"; G="$WORK/pairs_test_general/manifest.jsonl"
   sample() { $REFSR -q sample "$@" --steps "$SAMPLE_STEPS" --seed "$SEED" --device "$DEVICE"; }
-  mirror=--mirror; [ "$START_MIRROR" = 0 ] && mirror=--no-mirror
   sample --model "$WORK/runs/ldm/model" "$T" -o "$R/ldm" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" -o "$R/ldm-ca_norefs" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" -o "$R/ldm-ca" &
@@ -206,7 +205,7 @@ for f in dst.rglob("*.safetensors"):
 print(f"exported {dst}")
 PY
   $PYTHON scripts/experiments/recommend.py "$RESULTS/default_model" --steps "$START_STEPS" \
-      --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix "$START_COLOR_FIX" "$([ "$START_MIRROR" = 0 ] && echo --no-mirror || echo --mirror)"
+      --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix "$START_COLOR_FIX" "$mirror"
   cp "$WORK"/eval/*.json "$WORK"/eval/*.txt "$WORK"/eval/grid.png "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
   cp "$WORK/runs/vq/eval.json" "$RESULTS/autoencoder_eval.json"
   for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done

@@ -135,10 +135,8 @@ def folder_latent_spec(path) -> LatentSpec:
     from ..io import read_json
 
     path = Path(path)
-    if folder_class(path) == PIPELINE_CLASS:
-        c = read_json(path / "model_index.json")
-        return LatentSpec(float(c.get("latent_scale", 1.0)), bool(c.get("decode_quantized", True)))
-    return _latent_spec(path, _read_meta(path))
+    meta = read_json(path / "model_index.json") if folder_class(path) == PIPELINE_CLASS else _read_meta(path)
+    return _latent_spec(path, meta)
 
 
 def _read_meta(path: Path) -> dict:
@@ -153,8 +151,9 @@ def _read_meta(path: Path) -> dict:
 
 
 def _latent_spec(path: Path, meta: dict) -> LatentSpec:
-    """The latent settings of an older folder: ``refsr.json``, else ``vqvae/refsr_latent.json``,
-    else scale 1 with quantised decoding (said once per folder)."""
+    """The latent settings in a folder's settings ``meta`` (``model_index.json`` or an older
+    folder's ``refsr.json``), else ``vqvae/refsr_latent.json``, else scale 1 with quantised
+    decoding (said once per folder)."""
     if "latent_scale" in meta:
         return LatentSpec(float(meta["latent_scale"]), bool(meta.get("decode_quantized", True)))
     return latent_spec_or_default(path / "vqvae", owner=path)
