@@ -159,6 +159,7 @@ def run_demo(
     matcher: str | None = None,
     patch: int | None = None,
     color_fix: str | None = None,
+    color_fix_levels: int | None = None,
     start_strength: float | None = None,
     draws: int | None = None,
     mirror: bool | None = None,
@@ -176,6 +177,9 @@ def run_demo(
         color_fix: ``wavelet``, ``adain``, ``luma`` or ``none``: match the output's colour to
             the upsampled input (see :mod:`refsr.sample.color_fix`); ``None`` = the model's
             recommended value (luma for the shipped model), else ``none``.
+        color_fix_levels: wavelet levels of ``wavelet`` and ``luma`` (see ``refsr sample
+            --color-fix-levels``); ``None`` = the model's recommended value (4 for the shipped
+            model), else 5.
         start_strength: where the reverse process starts (see ``refsr sample
             --start-strength``); ``None`` = the model's ``recipe.recommended_start_strength``
             (0.5 for the shipped model: with 4 steps one DDIM jump from t = 250), else 1.
@@ -209,8 +213,8 @@ def run_demo(
                      matcher or "shipped", patch, top_refs, str(dev), notes)
 
     settings = resolve_settings(net, SampleSettings(sampler="ddim", steps=steps, color_fix=color_fix,
-                                                    start_strength=start_strength, draws=draws,
-                                                    mirror=mirror))  # as `refsr sample`
+                                                    color_fix_levels=color_fix_levels, start_strength=start_strength,
+                                                    draws=draws, mirror=mirror))  # as `refsr sample`
     restored = out_dir / "restored"
     bicubic_baseline(manifest, restored / "bicubic")
     # always redone (seconds): a rerun with other --steps/--color-fix shows its own result
@@ -230,6 +234,7 @@ def run_demo(
     table = compare_reports(loaded, ["bicubic", "LDM (no refs)", "LDM+CA (refs)"])
     io.write_json(out_dir / "report.json", {"format": "refsr.demo/1", "model": str(model_path),
                                             "steps": settings.steps, "seed": seed, "color_fix": settings.color_fix,
+                                            "color_fix_levels": settings.color_fix_levels,
                                             "start_strength": settings.start_strength,
                                             "draws": settings.draws, "mirror": settings.mirror, "notes": notes,
                                             "reports": dict(zip(names, loaded))})

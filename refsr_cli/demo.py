@@ -25,6 +25,9 @@ from .common import StageCommand, device_option, report, seed_option, warn
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default=None,
               help="Match the restored images' colour to the upsampled input, as `refsr sample --color-fix` "
               "(default: the model's recommended value, luma for the shipped model, else none).")
+@click.option("--color-fix-levels", type=click.IntRange(min=1), default=None, metavar="L",
+              help="Wavelet levels of the wavelet and luma fixes, as `refsr sample --color-fix-levels` (default: the "
+              "model's recommended value, 4 for the shipped model, else 5).")
 @click.option("--start-strength", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Where the reverse process starts, as `refsr sample --start-strength` (default: the model's "
               "recommended value, 0.5 for the shipped model; 1 = from pure noise).")
@@ -36,7 +39,8 @@ from .common import StageCommand, device_option, report, seed_option, warn
               "recommended value, on for the shipped model, else off).")
 @seed_option
 @device_option
-def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start_strength, draws, mirror, seed, device):
+def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, color_fix_levels, start_strength, draws, mirror,
+         seed, device):
     """Run the whole refsr chain on real photos that ship with scikit-image.
 
     Target: the left view of scikit-image's stereo motorcycle. References: its right view
@@ -59,7 +63,8 @@ def demo(out_dir, model, crop, steps, clip_pretrained, matcher, color_fix, start
 
     result = run_demo(out_dir, model=model, crop=crop, steps=steps, seed=seed, device=device,
                       clip_pretrained=None if clip_pretrained == "none" else clip_pretrained, matcher=matcher,
-                      color_fix=color_fix, start_strength=start_strength, draws=draws, mirror=mirror)
+                      color_fix=color_fix, color_fix_levels=color_fix_levels, start_strength=start_strength,
+                      draws=draws, mirror=mirror)
     for note in result.notes:
         warn(note)
     report(result.table)

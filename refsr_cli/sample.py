@@ -65,6 +65,10 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
               "bands; adain: per-channel mean and std; luma: wavelet, then the input's chroma (BT.601 Cb, Cr), so "
               "the model restores the luma only; none). Default: the model's recommended value "
               "(recipe.recommended_color_fix; luma for the shipped model), else none.")
+@click.option("--color-fix-levels", type=click.IntRange(min=1), default=None, metavar="L",
+              help="Wavelet levels of the wavelet and luma fixes: the input gives the output's bands coarser than "
+              "about 2^(L+1) px, so each level less takes one more octave from the input. Default: the model's "
+              "recommended value (recipe.recommended_color_fix_levels; 4 for the shipped model), else 5 (StableSR's).")
 @click.option("--outscale", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Final scale relative to the input (LANCZOS resize); default: the model's scale.")
 @click.option("--suffix", default="_sr", show_default=True, help="Appended to each output's stem.")
@@ -75,7 +79,7 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
               help="Only merge the run logs in OUT (of every shard, finished or killed) into OUT/run.json; "
               "no run may be writing into OUT.")
 def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta, start_strength, draws, mirror, seed, tile,
-           tile_overlap, batch_size, precision, color_fix, outscale, suffix, shard, overwrite, device, merge_only):
+           tile_overlap, batch_size, precision, color_fix, color_fix_levels, outscale, suffix, shard, overwrite, device, merge_only):
     """Restore LR images with a latent diffusion model, guided by reference images.
 
     Reads LR image files, folders or pair manifests (INPUTS; a manifest contributes its
@@ -113,6 +117,7 @@ def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta,
         raise click.BadParameter(f"{tile_overlap} must be smaller than --tile ({tile})", param_hint="--tile-overlap")
     settings = SampleSettings(sampler=sampler, steps=steps, eta=eta, tile=tile, tile_overlap=tile_overlap,
                               batch_size=batch_size, precision=precision, color_fix=color_fix,
+                              color_fix_levels=color_fix_levels,
                               start_strength=start_strength, draws=draws, mirror=mirror)
     summary = sample_files(inputs, out_dir, model=model, refs=refs, matches=matches, settings=settings, seed=seed,
                            device=device, outscale=outscale, suffix=suffix, shard=shard, overwrite=overwrite,

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from refsr.errors import InputError
-from refsr.io import read_json, write_image, write_jsonl
+from refsr.io import read_image, read_json, write_image, write_jsonl
 from refsr.models import RefSRModel
 from refsr.models.autoencoder import LATENT_FILE, LatentSpec, latent_statistics, read_latent_spec
 from refsr.train import TrainOptions, run_training
@@ -806,8 +806,8 @@ def test_steps_and_colour_fix_default_to_the_models_recommendation(tmp_path, cof
     plain = resolve_settings(model, SampleSettings())
     assert (plain.steps, plain.color_fix, plain.start_strength, plain.draws, plain.mirror) == (50, "none", 1.0, 1, False)
     model.recipe = {"recommended_steps": 3, "recommended_color_fix": "adain", "recommended_start_strength": 0.5}
-    assert recommended_settings(model) == {"steps": 3, "color_fix": "adain", "start_strength": 0.5, "draws": 1,
-                                           "mirror": False}
+    assert recommended_settings(model) == {"steps": 3, "color_fix": "adain", "color_fix_levels": 5,
+                                           "start_strength": 0.5, "draws": 1, "mirror": False}
     told = resolve_settings(model, SampleSettings(steps=2, color_fix="none"))
     assert (told.steps, told.color_fix, told.start_strength) == (2, "none", 0.5)
     model.save_pretrained(tmp_path / "m")
@@ -825,6 +825,52 @@ def test_steps_and_colour_fix_default_to_the_models_recommendation(tmp_path, cof
     model.recipe = {"recommended_color_fix": "sepia"}
     with pytest.raises(ValueError, match="unknown color fix 'sepia'"):
         resolve_settings(model, SampleSettings())
+
+
+def test_colour_fix_levels_come_from_the_model_and_apply_to_wavelet_fixes_only(tmp_path, coffee):
+    """--color-fix-levels: the model's recipe.recommended_color_fix_levels when left out (5 when it
+    recommends none), the user's value otherwise, recorded in run.json and changing the output; given
+    with a fix that has no levels (adain, none) it is a usage error naming the option. An output
+    folder whose run.json predates the setting was made with 5 levels and resumes with them."""
+    from refsr.errors import OptionError
+    from refsr.sample import SampleSettings
+    from refsr.sample.core import resolve_settings
+
+    torch.manual_seed(0)
+    model = RefSRModel.from_config(MICRO, kind="ldm").eval()
+    assert resolve_settings(model, SampleSettings(color_fix="luma")).color_fix_levels == 5
+    model.recipe = {"recommended_color_fix": "wavelet", "recommended_color_fix_levels": 3}
+    assert resolve_settings(model, SampleSettings()).color_fix_levels == 3
+    assert resolve_settings(model, SampleSettings(color_fix_levels=2)).color_fix_levels == 2
+    adain = resolve_settings(model, SampleSettings(color_fix="adain"))  # the recommended levels do not apply
+    assert (adain.color_fix, adain.color_fix_levels) == ("adain", None)
+    assert resolve_settings(model, adain) == adain
+    with pytest.raises(OptionError, match="color_fix_levels: the adain colour fix has no wavelet levels"):
+        resolve_settings(model, SampleSettings(color_fix="adain", color_fix_levels=3))
+    with pytest.raises(ValueError, match="color fix levels must be an integer >= 1, got 0"):
+        resolve_settings(model, SampleSettings(color_fix_levels=0))
+    model.save_pretrained(tmp_path / "m")
+    lr = tmp_path / "lr.png"
+    write_image(lr, coffee[:32, :32])
+    args = ["sample", str(lr), "--model", str(tmp_path / "m"), "--steps", "2", "--device", "cpu", "-o"]
+    outputs = {}
+    for name, extra in (("recommended", []), ("five", ["--color-fix-levels", "5"])):
+        r = CliRunner().invoke(cli, args + [str(tmp_path / name), *extra])
+        assert r.exit_code == 0, r.output
+        run = json.loads((tmp_path / name / "run.json").read_text())
+        assert (run["color_fix"], run["color_fix_levels"]) == ("wavelet", 3 if name == "recommended" else 5)
+        outputs[name] = read_image(tmp_path / name / "lr_sr.png").rgb
+    assert np.abs(outputs["recommended"] - outputs["five"]).max() > 1 / 255
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "c"), "--color-fix", "adain", "--color-fix-levels", "3"])
+    assert r.exit_code == 2 and "--color-fix-levels" in r.output and "adain colour fix has no wavelet levels" in r.output
+    run_json = tmp_path / "five" / "run.json"  # as written before the setting existed: it resumes with 5 levels
+    old = json.loads(run_json.read_text())
+    del old["color_fix_levels"]
+    run_json.write_text(json.dumps(old))
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "five"), "--color-fix-levels", "5"])
+    assert r.exit_code == 0 and "skipped 1 existing output" in r.output, r.output
+    r = CliRunner().invoke(cli, args + [str(tmp_path / "five")])  # the model's 3 levels: other settings
+    assert r.exit_code != 0 and "color_fix_levels 5 -> 3" in r.output, r.output
 
 
 def test_run_json_names_the_timesteps_the_model_was_evaluated_at():
@@ -850,8 +896,8 @@ def test_the_shipped_model_recommends_the_settings_its_numbers_were_measured_wit
     from refsr.sample.loading import default_model_path
 
     shipped = RefSRModel.from_pretrained(default_model_path())
-    assert recommended_settings(shipped) == {"steps": 4, "color_fix": "luma", "start_strength": 0.5, "draws": 4,
-                                             "mirror": True}
+    assert recommended_settings(shipped) == {"steps": 4, "color_fix": "luma", "color_fix_levels": 4,
+                                             "start_strength": 0.5, "draws": 4, "mirror": True}
 
 
 def test_without_held_out_images_the_export_decodes_as_the_decoder_was_trained(tmp_path, astronaut, coffee,

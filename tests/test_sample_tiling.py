@@ -85,6 +85,26 @@ def test_wavelet_split_is_exact_and_fix_takes_reference_colour(astronaut):
     assert torch.allclose(low_fixed, low, atol=0.05)
 
 
+@pytest.mark.parametrize("levels", [3, 4, 5])
+def test_each_wavelet_level_less_takes_one_more_octave_of_the_input(levels):
+    """What the fix takes from the input is the a-trous low band: a detail of period P that the
+    output adds to the input is kept in the proportion 1 - prod_i (1 + cos(2 pi 2^i / P)) / 2, over
+    the levels' dilations 2^i. A period of 32 px is wholly the output's with StableSR's 5 levels
+    (the fifth blur, dilation 16, removes it from the low band) and partly the input's with fewer."""
+    import math
+
+    x = torch.arange(256, dtype=torch.float64)
+    reference = torch.zeros(1, 3, 8, 256, dtype=torch.float64)
+    detail = 0.2 * torch.cos(2 * math.pi * x / 32).expand(1, 3, 8, 256)
+    fixed = wavelet_color_fix(reference + detail, reference, levels)
+    low_gain = math.prod((1 + math.cos(2 * math.pi * 2**i / 32)) / 2 for i in range(levels))
+    inner = slice(64, 192)  # away from the replicated borders
+    assert torch.allclose(fixed[..., inner], detail[..., inner] * (1 - low_gain), atol=1e-9)
+    assert (low_gain == 0) == (levels == 5)
+    luma = apply_color_fix((reference + detail).float(), reference.float(), "luma", levels=levels)
+    assert torch.allclose(luma[..., inner], fixed[..., inner].float(), atol=1e-6)  # a grey detail: luma only
+
+
 def _ycbcr(rgb01):
     """MATLAB rgb2ycbcr (BT.601) of (B, 3, H, W) RGB in [0, 1], written out here on its own."""
     r, g, b = rgb01[:, 0], rgb01[:, 1], rgb01[:, 2]

@@ -90,7 +90,8 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     assert recipe["init_from"] == str(results / "default_model") and recipe["max_strength"] == 0.5
     assert recipe["lr_start_fraction"] == 0.5 and recipe["self_ref_fraction"] == 0.5
     assert (recipe["recommended_steps"], recipe["recommended_draws"], recipe["recommended_start_strength"],
-            recipe["recommended_color_fix"], recipe["recommended_mirror"]) == (4, 4, 0.5, "luma", True)
+            recipe["recommended_color_fix"], recipe["recommended_color_fix_levels"], recipe["recommended_mirror"]) \
+        == (4, 4, 0.5, "luma", 4, True)
     assert after.prediction_type == "v_prediction" and after.latent.scale == model.latent.scale
     enc_before, enc_after = model.vqvae.encoder.state_dict(), after.vqvae.encoder.state_dict()
     assert all(torch.equal(enc_before[k], enc_after[k]) for k in enc_before)  # decoder-only: the same latents

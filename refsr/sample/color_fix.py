@@ -4,8 +4,9 @@ Diffusion SR can drift in colour (the VQ latent and the sampler do not pin the l
 frequencies). StableSR (Wang et al. 2023, Sec. 3.4) and SUPIR fix this after sampling:
 
 - ``wavelet``: keep the output's high-frequency bands and take the low-frequency band of
-  the bicubic-upsampled input (an a-trous wavelet decomposition, 5 levels of a dilated
-  3x3 binomial blur).
+  the bicubic-upsampled input (an a-trous wavelet decomposition, ``levels`` of a dilated
+  3x3 binomial blur; 5 by default, as StableSR; each level less takes one more octave of
+  the input: with L levels, roughly its periods above 2 ** (L + 1) px).
 - ``adain``: shift and scale each colour channel of the output to the input's mean and
   standard deviation (AdaIN, Huang & Belongie 2017).
 - ``luma``: ``wavelet``, then the chroma (Cb, Cr of ITU-R BT.601) of the upsampled input:
@@ -17,6 +18,8 @@ frequencies). StableSR (Wang et al. 2023, Sec. 3.4) and SUPIR fix this after sam
 from __future__ import annotations
 
 COLOR_FIXES = ("none", "wavelet", "adain", "luma")
+WAVELET_FIXES = ("wavelet", "luma")  # the fixes that take ``levels``
+WAVELET_LEVELS = 5  # StableSR's
 
 
 def _binomial_blur(image, dilation: int):
@@ -31,7 +34,7 @@ def _binomial_blur(image, dilation: int):
     return F.conv2d(padded, kernel, groups=image.shape[1], dilation=dilation)
 
 
-def wavelet_decompose(image, levels: int = 5):
+def wavelet_decompose(image, levels: int = WAVELET_LEVELS):
     """A-trous wavelet split of (B, C, H, W) ``image`` into ``(high, low)``, with
     ``high + low == image``; level i blurs with dilation 2**i."""
     high = image.new_zeros(image.shape)
@@ -43,7 +46,7 @@ def wavelet_decompose(image, levels: int = 5):
     return high, low
 
 
-def wavelet_color_fix(output, reference, levels: int = 5):
+def wavelet_color_fix(output, reference, levels: int = WAVELET_LEVELS):
     """The high frequencies of ``output`` plus the low frequencies of ``reference``.
 
     Args:
@@ -82,7 +85,7 @@ def chroma_from(output, reference):
     return output + torch.einsum("ij,bjhw->bihw", p, reference - output)
 
 
-def luma_color_fix(output, reference, levels: int = 5):
+def luma_color_fix(output, reference, levels: int = WAVELET_LEVELS):
     """:func:`wavelet_color_fix`, then :func:`chroma_from` ``reference``."""
     return chroma_from(wavelet_color_fix(output, reference, levels), reference)
 
@@ -90,10 +93,10 @@ def luma_color_fix(output, reference, levels: int = 5):
 _FIXES = {"wavelet": wavelet_color_fix, "adain": adain_color_fix, "luma": luma_color_fix}
 
 
-def apply_color_fix(output, reference, method: str = "none"):
+def apply_color_fix(output, reference, method: str = "none", levels: int = WAVELET_LEVELS):
     """Apply ``method`` (``none``, ``wavelet``, ``adain`` or ``luma``) to (B, 3, H, W) ``output``
     using the bicubic-upsampled input ``reference`` of the same shape; float32 in [-1, 1]
-    in and out (clamped).
+    in and out (clamped). ``levels``: the wavelet levels of ``wavelet`` and ``luma``.
 
     Raises:
         ValueError: unknown ``method``, naming the allowed set.
@@ -104,4 +107,5 @@ def apply_color_fix(output, reference, method: str = "none"):
         return output
     if output.shape != reference.shape:
         raise ValueError(f"color fix needs equal shapes, got {tuple(output.shape)} and {tuple(reference.shape)}")
-    return _FIXES[method](output, reference).clamp(-1.0, 1.0)
+    extra = {"levels": levels} if method in WAVELET_FIXES else {}
+    return _FIXES[method](output, reference, **extra).clamp(-1.0, 1.0)

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .color_fix import COLOR_FIXES, apply_color_fix
+from .color_fix import COLOR_FIXES, WAVELET_FIXES, WAVELET_LEVELS, apply_color_fix
 from .samplers import SAMPLERS, denoise, make_scheduler
 from .tiling import Tile, blend_tiles, blend_weights, cut_tiles, lr_multiple, pad_to_multiple, tile_grid
 
@@ -46,9 +46,10 @@ class SampleSettings:
     decoded, the mirrored image mirrored back, and the output is the mean of the two images
     weighted by their draws: a self-ensemble for one more VQ decode (and encode) per image, no
     more denoising (photos are mirror-symmetric, so the references stay as they are); no
-    effect with one draw. ``steps``, ``color_fix``,
-    ``start_strength``, ``draws`` and ``mirror`` left None take the model's recommended values
-    (see :func:`recommended_settings`)."""
+    effect with one draw. ``color_fix_levels``: the wavelet levels of the ``wavelet`` and
+    ``luma`` fixes (fewer take more of the upsampled input). ``steps``, ``color_fix``,
+    ``color_fix_levels``, ``start_strength``, ``draws`` and ``mirror`` left None take the model's
+    recommended values (see :func:`recommended_settings`)."""
 
     sampler: str = "ddim"
     steps: int | None = None
@@ -58,6 +59,7 @@ class SampleSettings:
     batch_size: int = 1
     precision: str = "fp32"
     color_fix: str | None = None
+    color_fix_levels: int | None = None
     start_strength: float | None = None
     draws: int | None = None
     mirror: bool | None = None
@@ -73,6 +75,10 @@ class SampleSettings:
             raise ValueError(f"unknown color fix {self.color_fix!r}; expected one of {', '.join(COLOR_FIXES)}")
         if (self.steps is not None and self.steps < 1) or self.batch_size < 1 or self.tile < 0 or self.tile_overlap < 0:
             raise ValueError("steps and batch size must be >= 1, tile and tile overlap >= 0")
+        if self.color_fix_levels is not None and (isinstance(self.color_fix_levels, bool)
+                                                  or not isinstance(self.color_fix_levels, int)
+                                                  or self.color_fix_levels < 1):
+            raise ValueError(f"color fix levels must be an integer >= 1, got {self.color_fix_levels!r}")
         if self.draws is not None and (isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1):
             raise ValueError(f"draws must be an integer >= 1, got {self.draws!r}")
         if self.mirror is not None and not isinstance(self.mirror, bool):
@@ -86,13 +92,15 @@ class SampleSettings:
 # The sampling settings a model may recommend, as ``recipe["recommended_<name>"]`` in its
 # model_index.json (chosen by measurement on held-out images), and what a model that
 # recommends none gets: diffusers' LDM-SR sampling (50 steps from pure noise, no colour fix,
-# one draw of the noise, none mirrored).
-RECOMMENDABLE = {"steps": 50, "color_fix": "none", "start_strength": 1.0, "draws": 1, "mirror": False}
+# one draw of the noise, none mirrored), and StableSR's 5 wavelet levels for a colour fix.
+RECOMMENDABLE = {"steps": 50, "color_fix": "none", "color_fix_levels": WAVELET_LEVELS, "start_strength": 1.0,
+                 "draws": 1, "mirror": False}
 
 
 def recommended_settings(model) -> dict:
-    """The sampling settings ``model`` recommends: ``{"steps", "color_fix", "start_strength", "draws", "mirror"}``
-    from its ``recipe["recommended_<name>"]``, else :data:`RECOMMENDABLE`'s defaults."""
+    """The sampling settings ``model`` recommends: ``{"steps", "color_fix", "color_fix_levels",
+    "start_strength", "draws", "mirror"}`` from its ``recipe["recommended_<name>"]``, else
+    :data:`RECOMMENDABLE`'s defaults."""
     recipe = getattr(model, "recipe", None) or {}
     return {name: recipe.get(f"recommended_{name}", default) for name, default in RECOMMENDABLE.items()}
 
@@ -119,12 +127,24 @@ def start_strength_for(model, requested: float | None = None) -> float:
 def resolve_settings(model, settings: SampleSettings) -> SampleSettings:
     """``settings`` checked, with what was left None taken from ``model``'s recommendations
     (:func:`recommended_settings`) and the start strength checked against what it was
-    trained for (:func:`start_strength_for`)."""
+    trained for (:func:`start_strength_for`). ``color_fix_levels`` is None unless the colour fix
+    has wavelet levels; resolving resolved settings changes nothing.
+
+    Raises:
+        OptionError: ``color_fix_levels`` given with a colour fix that has no wavelet levels.
+    """
+    from ..errors import OptionError
+
     settings.check()
     given = {name: getattr(settings, name) for name in RECOMMENDABLE if getattr(settings, name) is not None}
     resolved = dataclasses.replace(settings, **{**recommended_settings(model), **given})
     resolved = dataclasses.replace(resolved, start_strength=start_strength_for(model, resolved.start_strength))
     resolved.check()  # a model's recommendation is checked like a user's value
+    if resolved.color_fix not in WAVELET_FIXES:  # levels apply to these only: None, as a resolved run records it
+        if settings.color_fix_levels is not None:
+            raise OptionError("color_fix_levels", f"the {resolved.color_fix} colour fix has no wavelet levels; "
+                              f"they apply to {' and '.join(WAVELET_FIXES)}")
+        resolved = dataclasses.replace(resolved, color_fix_levels=None)
     return resolved
 
 
@@ -477,7 +497,8 @@ def _mean_denoised(eps_fn, noises, scheduler, settings: SampleSettings, generato
     """Step 4 for the K draws of the start noise at once (``noises`` (K, C, h, w): one pass of
     the sampler over a batch of K, the contexts in ``eps_fn`` computed once), then the mean of
     the denoised latents of each view: draw ``b`` is of view ``b % n_views``
-    (:func:`_make_eps_fn`) and starts from ``init[b % n_views]`` ((n_views, C, h, w)). Summed
+    (:func:`_make_eps_fn`; ``n_views`` <= K, as ``restore_tensor`` mirrors only with two or more
+    draws) and starts from ``init[b % n_views]`` ((n_views, C, h, w)). Summed
     in draw order; for one draw the latent itself (dividing by 1 is exact). Returns
     ``[(mean latent (1, C, h, w), number of draws)]``, one per view, in that view's orientation
     (a latent is not mirror-symmetric: a mirrored draw is mirrored back only once decoded)."""
@@ -486,7 +507,7 @@ def _mean_denoised(eps_fn, noises, scheduler, settings: SampleSettings, generato
     x0 = denoise(eps_fn, noises, scheduler, settings.steps, settings.eta, generator, callback, disable,
                  init_latents=init, strength=settings.start_strength)
     means = []
-    for v in range(min(n_views, x0.shape[0])):
+    for v in range(n_views):
         draws = list(range(v, x0.shape[0], n_views))
         x = x0[draws[0] : draws[0] + 1]
         for k in draws[1:]:
@@ -560,4 +581,4 @@ def restore_tensor(
     s = model_factors(model)[0]
     h, w = canvas.size[0] * s, canvas.size[1] * s
     image, up = image[:, :, :h, :w], canvas.lr_up[:, :, :h, :w]
-    return apply_color_fix(image.float(), up.float(), settings.color_fix)
+    return apply_color_fix(image.float(), up.float(), settings.color_fix, settings.color_fix_levels)

@@ -201,7 +201,7 @@ DERIVED_SETTINGS = ("timesteps",)  # follow from sampler, steps and start_streng
 
 # Settings that run.json files written before they existed do not record, with the value
 # those runs used: such a folder's outputs were made with it.
-LATER_SETTINGS = {"draws": 1, "mirror": False}
+LATER_SETTINGS = {"draws": 1, "mirror": False, "color_fix_levels": 5}
 
 
 def _changed(old: dict, new: dict) -> list[str]:
@@ -392,6 +392,8 @@ def _run_settings(model_name: str, model, settings: SampleSettings, seed: int, d
 
     s = asdict(settings)
     s.pop("cache_context", None)
+    if s["color_fix_levels"] is None:  # a colour fix without levels
+        s.pop("color_fix_levels")
     s["timesteps"] = sampling_timesteps(settings.sampler, model.scheduler_config, settings.steps, settings.start_strength)
     return {"model": model_name, "kind": model.kind, "scale": model.scale, **s, "seed": int(seed),
             "device": str(device), **extra}

@@ -1,6 +1,6 @@
-# Sourced by mirror_eval.sh and chroma_eval.sh (after they set WORK): the held-out splits of
-# docs/results.md runs 6-12, their knobs (documented by the callers), the stages to run (the
-# caller's arguments or STAGES, default all) and has STAGE.
+# Sourced by mirror_eval.sh, chroma_eval.sh and levels_eval.sh (after they set WORK): the held-out
+# splits of docs/results.md runs 6-13, their knobs (documented by the callers), the stages to run
+# (the caller's arguments or STAGES, default all), has STAGE, and the scoring (evaluate, paired).
 STAGES=${STAGES:-${*:-val test general}}
 VAL=${VAL:-work/ft/pairs_val/manifest.jsonl}; VAL_MATCHES=${VAL_MATCHES:-work/ft/matches_val.jsonl}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
@@ -23,4 +23,17 @@ split_data() {  # SPLIT (val, test or general): sets m (its pair manifest) and m
 
 paired() {  # A B: B against A, per image (WORK/eval/per_image_*.csv)
   echo "== $2 vs $1"; python scripts/experiments/paired.py "$WORK/eval/per_image_$1.csv" "$WORK/eval/per_image_$2.csv"
+}
+
+evaluate() {  # NAME PRED MANIFEST: Y (PSNR, SSIM, NIQE) and RGB (PSNR, SSIM) into WORK/eval
+  refsr -q evaluate --pred "$2" --gt "$3" --metrics psnr,ssim,niqe -o "$WORK/eval/report_$1.json" \
+      --csv "$WORK/eval/per_image_$1.csv" --device cpu --overwrite > "$WORK/eval/eval_$1.txt"
+  refsr -q evaluate --pred "$2" --gt "$3" --metrics psnr,ssim --color rgb -o "$WORK/eval/report_$1_rgb.json" \
+      --csv "$WORK/eval/per_image_$1_rgb.csv" --device cpu --overwrite > "$WORK/eval/eval_$1_rgb.txt"
+  echo "== $1"; sed -n 3,5p "$WORK/eval/eval_$1.txt"; sed -n 3,4p "$WORK/eval/eval_$1_rgb.txt"
+}
+
+bicubic() {  # NAME MANIFEST: bicubic upsampling into WORK/restored/NAME, scored
+  python -c "import sys; from refsr.demo import bicubic_baseline as b; b(sys.argv[1], sys.argv[2])" "$2" "$WORK/restored/$1"
+  evaluate "$1" "$WORK/restored/$1" "$2"
 }
