@@ -10,7 +10,8 @@
 #   pack        (here, CPU) photos of ../shared/data -> PACK (default gpu_data/, git-ignored,
 #               about 20 MiB: every test/validation bird, the general photos, as many training
 #               birds per species as fit). Carry PACK to the GPU machine.
-#   pairs       Real-ESRGAN x4 pairs, CROP px crops: training (birds + general), test birds, test general
+#   pairs       Real-ESRGAN x4 pairs, CROP px crops: training (birds + general), validation birds, test birds,
+#               test general
 #   retrieval   index the training photos (OpenCLIP; random weights offline), match every pair
 #               with its LR as the query, as `refsr sample` is given them (shipped patch matcher,
 #               references = other photos of the same folder/species)
@@ -20,13 +21,15 @@
 #               scale and decoding measured at export
 #   diffusion   ldm and ldm-ca side by side: same config, seed, data order and optimizer steps;
 #               from INIT_FROM: ldm-ca from its U-Net and branch, ldm from the same U-Net alone
-#   eval        test birds: bicubic, autoencoder ceiling, INIT_FROM as it is shipped, ldm, ldm-ca
-#               without / with references, ldm-ca sampled as shipped (--start-strength, draws,
-#               START_COLOR_FIX), and so with each pair's own HR (oracle) or another pair's HR as its
-#               reference (does the branch borrow content? scripts/experiments/oracle_matches.py;
-#               another photo, not noise: a model trained with views of its target never saw
-#               noise as a reference, docs/results.md run 10); test general
-#               photos: bicubic, ldm-ca; PSNR/SSIM (Y, border 4) and NIQE; tables and a picture
+#   eval        the colour fix's wavelet levels for ldm-ca (START_COLOR_FIX_LEVELS auto: the best Y-PSNR
+#               on the validation birds); test birds: bicubic, autoencoder ceiling, INIT_FROM as it is
+#               shipped (its own recommended sampling), ldm, ldm-ca without / with references, ldm-ca
+#               sampled as shipped (--start-strength, draws, START_COLOR_FIX and its levels), and so
+#               with each pair's own HR (oracle) or another pair's HR as its reference (does the
+#               branch borrow content? scripts/experiments/oracle_matches.py; another photo, not
+#               noise: a model trained with views of its target never saw noise as a reference,
+#               docs/results.md run 10); test general photos: bicubic, ldm-ca; PSNR/SSIM (Y,
+#               border 4) and NIQE; tables and a picture
 #   export      the ldm-ca model as float16, with the sampling the eval used as its recommended
 #               one (scripts/experiments/recommend.py), + reports into RESULTS (default $OUT,
 #               else WORK/results)
@@ -57,7 +60,8 @@
 #   START_DRAWS [4: the mean of 4 draws of the noise, the shipped model's choice on the validation birds in run 6]
 #   START_MIRROR [1: every second draw restores the mirror image (--mirror; run 11: +0.06 dB on the validation birds); 0: --no-mirror]
 #   START_COLOR_FIX [luma: the wavelet fix and the input's chroma (run 12: Y unchanged, +0.19 dB RGB PSNR on the validation birds)]
-#   START_COLOR_FIX_LEVELS [4: the fix's wavelet levels (run 13: +0.11 dB Y-PSNR on the validation birds over StableSR's 5)]
+#   START_COLOR_FIX_LEVELS [auto: the fix's wavelet levels, chosen for the new model on the validation birds among
+#   2-7 (scripts/experiments/levels_probe.py; run 13: 4 for the shipped model, +0.11 dB Y-PSNR over StableSR's 5); or a number]
 #   METRICS [psnr,ssim,niqe]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json] CLIP_PRETRAINED [none]
 #   MATCHER [shipped] BUDGET_MB [20] DATA [../shared/data] REFSR [refsr] PYTHON [python3]
@@ -78,7 +82,7 @@ fi
 recipe=(--min-snr-gamma "$MIN_SNR" --max-strength "$MAX_STRENGTH" --lr-start-fraction "$LR_START")
 [ -n "$PREDICTION" ] && recipe+=(--prediction-type "$PREDICTION")
 [ -n "$LR" ] && recipe+=(--lr "$LR" --lr-schedule cosine --warmup 100)
-SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; mirror=--mirror; [ "$START_MIRROR" = 0 ] && mirror=--no-mirror; START_COLOR_FIX=${START_COLOR_FIX:-luma}; START_COLOR_FIX_LEVELS=${START_COLOR_FIX_LEVELS:-4}; METRICS=${METRICS:-psnr,ssim,niqe}
+SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; mirror=--mirror; [ "$START_MIRROR" = 0 ] && mirror=--no-mirror; START_COLOR_FIX=${START_COLOR_FIX:-luma}; START_COLOR_FIX_LEVELS=${START_COLOR_FIX_LEVELS:-auto}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -93,7 +97,7 @@ fi
 
 if has pairs; then
   stamp "pairs: Real-ESRGAN x4, $CROP px crops"
-  for split in train test test_general; do
+  for split in train val test test_general; do
     $REFSR -q degrade $(list $split) -o "$WORK/pairs_$split" --crop "$CROP" --seed "$SEED"
   done
 fi
@@ -102,7 +106,7 @@ if has retrieval; then
   stamp "retrieval: index the training photos, match every pair (same folder = same species)"
   $REFSR -q index-refs $(list train) --index "$WORK/refs.index" --clip-model "$CLIP_MODEL" \
       --pretrained "$CLIP_PRETRAINED" --device "$DEVICE"
-  for split in train test test_general; do
+  for split in train val test test_general; do
     [ -s "$WORK/matches_$split.jsonl" ] && continue
     $REFSR -q match "$WORK/pairs_$split/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/matches_$split.jsonl" \
         --query lr --group-by parent --top-images 10 --top-refs 10 --window "$CROP" --stride $((CROP / 2)) \
@@ -132,6 +136,11 @@ if has diffusion; then
   tail -n 2 "$WORK"/train_ldm*.log
 fi
 
+color_fix_levels() {  # START_COLOR_FIX_LEVELS, or with auto the eval stage's choice
+  if [ "$START_COLOR_FIX_LEVELS" != auto ]; then echo "$START_COLOR_FIX_LEVELS"; return; fi
+  [ -s "$WORK/eval/levels_val.json" ] || { echo "no $WORK/eval/levels_val.json: run the eval stage first" >&2; return 1; }
+  $PYTHON -c "import json, sys; print(json.load(open(sys.argv[1]))['best'])" "$WORK/eval/levels_val.json"
+}
 steps_done() { $PYTHON -c "import json,sys; print(max(json.loads(l)['step'] for l in open(sys.argv[1]) if l.strip()))" "$1"; }
 evaluate() {  # NAME PRED_DIR MANIFEST [EVALUATE_OPTION...]: METRICS into WORK/eval/report_NAME.json
   $REFSR -q evaluate --pred "$2" --gt "$3" --metrics "$METRICS" -o "$WORK/eval/report_$1.json" \
@@ -148,17 +157,27 @@ if has eval; then
   sample --model "$WORK/runs/ldm/model" "$T" -o "$R/ldm" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" -o "$R/ldm-ca_norefs" &
   sample --model "$WORK/runs/ldm-ca/model" "$T" --matches "$WORK/matches_test.jsonl" -o "$R/ldm-ca" &
-  shipped() {  # MODEL OUT [MATCHES]: sampled as the model is shipped
+  as_shipped=(--start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" "$mirror")
+  if [ "$START_COLOR_FIX_LEVELS" = auto ]; then  # chosen on the validation birds (run 13), for export too
+    V="$WORK/pairs_val/manifest.jsonl"
+    $REFSR -q sample --model "$WORK/runs/ldm-ca/model" "$V" --matches "$WORK/matches_val.jsonl" --seed "$SEED" \
+        --device "$DEVICE" "${as_shipped[@]}" --color-fix none -o "$R/val_none"
+    $PYTHON scripts/experiments/levels_probe.py "$V" "$R/val_none" --levels 2,3,4,5,6,7 --json "$WORK/eval/levels_val.json" \
+        > "$WORK/eval/levels_val.txt"
+  fi
+  levels=$(color_fix_levels)
+  shipped() {  # MODEL OUT [MATCHES]: sampled as the new model is shipped
     $REFSR -q sample --model "$1" "$T" --matches "${3:-$WORK/matches_test.jsonl}" --seed "$SEED" --device "$DEVICE" \
-        --start-strength "$START_STRENGTH" --steps "$START_STEPS" --draws "$START_DRAWS" "$mirror" --color-fix "$START_COLOR_FIX" \
-        --color-fix-levels "$START_COLOR_FIX_LEVELS" -o "$2"; }
+        "${as_shipped[@]}" --color-fix "$START_COLOR_FIX" --color-fix-levels "$levels" -o "$2"; }
   shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_s$START_STRENGTH" &
   for diag in oracle other; do  # does the branch borrow content? the ground truth, then another pair's HR, as the reference
     flag=(); [ $diag = other ] && flag=(--other)
     $PYTHON scripts/experiments/oracle_matches.py "$T" "$WORK/matches_test_$diag.jsonl" "${flag[@]}" > /dev/null
     shipped "$WORK/runs/ldm-ca/model" "$R/ldm-ca_$diag" "$WORK/matches_test_$diag.jsonl" &
   done
-  before=(); [ "$INIT_FROM" = none ] || { shipped "$INIT_FROM" "$R/init_s$START_STRENGTH" & before=("init_s$START_STRENGTH"); }
+  before=(); [ "$INIT_FROM" = none ] || {  # the model before, with its own recommended sampling
+    $REFSR -q sample --model "$INIT_FROM" "$T" --matches "$WORK/matches_test.jsonl" --seed "$SEED" --device "$DEVICE" \
+        -o "$R/init_shipped" & before=(init_shipped); }
   sample --model "$WORK/runs/ldm-ca/model" "$G" --matches "$WORK/matches_test_general.jsonl" -o "$R/general_ldm-ca" &
   $PYTHON -c "from refsr.demo import bicubic_baseline as b; b('$T', '$R/bicubic'); b('$G', '$R/general_bicubic')"
   $PYTHON scripts/experiments/ae_reconstruct.py "$WORK/runs/vq" "$T" "$R/autoencoder"
@@ -179,7 +198,7 @@ if has eval; then
     $REFSR evaluate --compare "${reports[@]}" "$e/report_ldm.json" \
         "$e/report_ldm-ca_norefs.json" "$e/report_ldm-ca.json" "$e/report_ldm-ca_s$START_STRENGTH.json" \
         "$e/report_ldm-ca_oracle.json" "$e/report_ldm-ca_other.json" \
-        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; ${mirror#--}; $START_COLOR_FIX $START_COLOR_FIX_LEVELS levels),as shipped with the ground truth as reference (oracle),as shipped with another pair's HR as reference"
+        --names "${names}LDM,LDM+CA no refs,LDM+CA,LDM+CA start $START_STRENGTH ($START_STEPS steps; $START_DRAWS draws; ${mirror#--}; $START_COLOR_FIX $levels levels),as shipped with the ground truth as reference (oracle),as shipped with another pair's HR as reference"
     echo "# test birds, RGB (the colour counts: run 12)"
     rgb_names="Bicubic,Autoencoder ceiling,"; [ ${#before[@]} = 0 ] || rgb_names+="Before: $INIT_FROM as shipped,"
     rgb_reports=(); for name in "${rgb[@]}"; do rgb_reports+=("$e/report_${name}_rgb.json"); done
@@ -205,9 +224,10 @@ for f in dst.rglob("*.safetensors"):
     save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, f)
 print(f"exported {dst}")
 PY
+  levels=$(color_fix_levels)
   $PYTHON scripts/experiments/recommend.py "$RESULTS/default_model" --steps "$START_STEPS" \
       --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix "$START_COLOR_FIX" \
-      --color-fix-levels "$START_COLOR_FIX_LEVELS" "$mirror"
+      --color-fix-levels "$levels" "$mirror"
   cp "$WORK"/eval/*.json "$WORK"/eval/*.txt "$WORK"/eval/grid.png "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
   cp "$WORK/runs/vq/eval.json" "$RESULTS/autoencoder_eval.json"
   for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done

@@ -90,8 +90,11 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     assert recipe["init_from"] == str(results / "default_model") and recipe["max_strength"] == 0.5
     assert recipe["lr_start_fraction"] == 0.5 and recipe["self_ref_fraction"] == 0.5
     assert (recipe["recommended_steps"], recipe["recommended_draws"], recipe["recommended_start_strength"],
-            recipe["recommended_color_fix"], recipe["recommended_color_fix_levels"], recipe["recommended_mirror"]) \
-        == (4, 4, 0.5, "luma", 4, True)
+            recipe["recommended_color_fix"], recipe["recommended_mirror"]) == (4, 4, 0.5, "luma", True)
+    chosen = read_json(tmp_path / "warm" / "eval" / "levels_val.json")  # on the validation pairs, among 2-7
+    assert chosen["images"] == 2 and sorted(chosen["psnr_y"]) == ["2", "3", "4", "5", "6", "7"]
+    assert recipe["recommended_color_fix_levels"] == chosen["best"] == int(max(chosen["psnr_y"], key=chosen["psnr_y"].get))
+    assert f"luma {chosen['best']} levels" in table
     assert after.prediction_type == "v_prediction" and after.latent.scale == model.latent.scale
     enc_before, enc_after = model.vqvae.encoder.state_dict(), after.vqvae.encoder.state_dict()
     assert all(torch.equal(enc_before[k], enc_after[k]) for k in enc_before)  # decoder-only: the same latents

@@ -6,6 +6,9 @@ them against the HR (Y-PSNR, border 4; RGB for ``luma``), paired against StableS
     refsr sample pairs/manifest.jsonl --matches matches.jsonl --color-fix none -o out_none
     python scripts/experiments/levels_probe.py pairs/manifest.jsonl out_none --levels 0,1,2,3,4,5,6,7
 
+``--json FILE`` also writes the mean Y-PSNR of each level count and the best of them (``best``),
+which scripts/train_default_model.sh records as its model's recommended levels.
+
 The fixes are linear before their clamp, so fixing the mean of the decoded draws (what ``refsr
 sample`` does) and fixing the saved 8-bit output differ by the rounding only (run 13: within
 0.01 dB of `refsr sample --color-fix-levels`).
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from refsr import io
+from refsr.io import write_json
 from refsr.metrics.fidelity import psnr
 from refsr.models.ldm import upsample_lr
 from refsr.sample.color_fix import apply_color_fix
@@ -30,6 +34,7 @@ def main() -> None:
     ap.add_argument("restored", type=Path, help="refsr sample's output folder, sampled with --color-fix none")
     ap.add_argument("--levels", default="3,4,5,6", help="comma-separated level counts (0 = bicubic)")
     ap.add_argument("--suffix", default="_sr")
+    ap.add_argument("--json", type=Path, help="write {levels: mean Y-PSNR of the wavelet fix, best: its argmax} here")
     args = ap.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     scores: dict[str, list[float]] = {}
@@ -51,6 +56,10 @@ def main() -> None:
             d = v - np.array(base)
             line += f"  {d.mean():+.3f} (SE {d.std(ddof=1) / np.sqrt(len(d)):.3f}, {int((d > 0).sum())} of {len(d)})"
         print(line)
+    if args.json:
+        means = {n: float(np.mean(scores[f"wavelet {n} (Y)"])) for n in levels}
+        write_json(args.json, {"manifest": str(args.manifest), "restored": str(args.restored),
+                               "images": len(scores["none (Y)"]), "psnr_y": means, "best": max(means, key=means.get)})
 
 
 if __name__ == "__main__":
