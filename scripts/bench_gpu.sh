@@ -13,6 +13,8 @@
 # 4. Peak memory once tiled with no LR context kept (flat in image size) and what it costs.
 # 5. The shipped model's sampling (4 DDIM steps from 0.5, 4 draws, two mirrored), `small` config, fp32, 64/128/256 px
 #    LR: one U-Net call per draw (--batch-size 1) against the 4 draws in one call (--batch-size 4).
+# 6. The shipped model, fp32, its weights NCHW against channels-last (what `refsr sample` uses on the CPU,
+#    about 0.9x the time there): whether the GPU should use it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${1:-${OUT:-bench_gpu}}
@@ -27,3 +29,4 @@ run sample_quick_fp32 scripts/bench_sample.py --quick --repeats 2
 run sample_no_lr_cache scripts/bench_sample.py --quick --sizes 256,512 --refs 10 --repeats 1 --lr-cache-mb 0
 run sample_draws_batched scripts/bench_sample.py --config small --sizes 64,128,256 --refs 0,10 --tile 128 \
     --steps 4 --start-strength 0.5 --draws 4 --mirror --compare-batch 4 --repeats 3
+run sample_channels_last scripts/bench_channels_last.py --device cuda --sizes 64,128,256 --refs 0,4 --repeats 5

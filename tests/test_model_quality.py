@@ -547,6 +547,31 @@ def test_mirrored_draws_restore_the_mirror_image_and_mirror_it_back(coffee, astr
         SampleSettings(mirror=1).check()
 
 
+def test_sampling_on_the_cpu_runs_channels_last_with_the_same_result(tmp_path):
+    """`refsr sample` loads a model channels-last on the CPU (oneDNN's faster layout): its
+    convolution weights are NHWC, and what it restores (tiled, with references, mirrored draws,
+    a start strength and a batch of draws) equals the default layout's up to float rounding."""
+    from refsr.sample import SampleSettings
+    from refsr.sample.core import restore_tensor
+    from refsr.sample.loading import load_model
+
+    torch.manual_seed(0)
+    RefSRModel.from_config(MICRO, kind="ldm-ca").save_pretrained(tmp_path / "m")
+    nchw = RefSRModel.from_pretrained(tmp_path / "m").eval()
+    nhwc, _ = load_model(str(tmp_path / "m"), torch.device("cpu"))
+    conv = nhwc.vqvae.encoder.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert nchw.vqvae.encoder.conv_in.weight.is_contiguous()
+    lr = torch.rand(1, 3, 20, 28) * 2 - 1
+    refs = torch.rand(1, 2, 3, MICRO["ref_size"], MICRO["ref_size"]) * 2 - 1
+    settings = SampleSettings(steps=4, start_strength=0.5, draws=2, mirror=True, tile=12, tile_overlap=4,
+                              batch_size=2, color_fix="luma")
+    outs = [restore_tensor(model, lr, refs, settings=settings, generator=torch.Generator().manual_seed(3), disable=True)
+            for model in (nchw, nhwc)]
+    assert outs[0].shape == (1, 3, 80, 112)
+    assert torch.allclose(outs[0], outs[1], atol=1e-4) and outs[0].abs().mean() > 0.01
+
+
 def test_draws_below_1_are_refused_by_the_library_too():
     from refsr.sample import SampleSettings
 
