@@ -1,6 +1,6 @@
 """Benchmark the memory format of sampling: the shipped model (or ``--model``) restoring random
 inputs with its recommended sampling, its weights in the default (NCHW) layout against
-channels-last (NHWC, what `refsr sample` uses on the CPU: ``refsr.sample.loading.prefer_channels_last``),
+channels-last (NHWC, what `refsr sample` uses on the CPU: ``refsr.device.prefer_channels_last``),
 interleaved in one process; median seconds per image, the ratio, and the largest output difference.
 
     python scripts/bench_channels_last.py --threads 1

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from refsr.errors import InputError, MissingWeightsError
 from refsr.io import read_matches, sha256_file, write_image, write_jsonl
@@ -389,6 +390,32 @@ def test_match_finds_crop_and_excludes_self(refs, tmp_path, pixels):
     match_queries(refs, tmp_path / "idx", out2, MatchSettings(**SETTINGS), matcher="none")
     for r in read_matches(out2):
         assert all(Path(ref["abs_path"]).resolve() != (refs / f"{r['id']}.png").resolve() for ref in r["refs"])
+
+
+def test_match_runs_the_matcher_channels_last_on_the_cpu_with_the_same_matches(refs, tmp_path, monkeypatch):
+    """On the CPU the patch matcher runs channels-last (oneDNN's faster layout,
+    ``refsr.device.prefer_channels_last``): the same fragments in the same order as the default
+    layout, the scores equal up to float rounding."""
+    import refsr.device
+
+    index_refs([refs], tmp_path / "idx", SPEC)
+    write_image(tmp_path / "queries" / "crop.png", small_photo("astronaut", (192, 128))[32:96, 64:128])
+    real, seen = refsr.device.prefer_channels_last, []
+
+    def spy(model):
+        out = real(model)
+        seen.append(next(p for p in out.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last))
+        return out
+
+    runs = {}
+    for name, fn in (("nhwc", spy), ("nchw", lambda model: model)):
+        monkeypatch.setattr(refsr.device, "prefer_channels_last", fn)
+        match_queries(tmp_path / "queries", tmp_path / "idx", tmp_path / f"{name}.jsonl", MatchSettings(**SETTINGS),
+                      matcher="none")
+        runs[name] = read_matches(tmp_path / f"{name}.jsonl")[0]["refs"]
+    assert seen == [True]
+    assert [(r["path"], r["box"]) for r in runs["nhwc"]] == [(r["path"], r["box"]) for r in runs["nchw"]]
+    assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(runs["nhwc"], runs["nchw"]))
 
 
 def _manifest(tmp_path, pixels, sources: dict[str, Path]) -> Path:

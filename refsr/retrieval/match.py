@@ -396,6 +396,7 @@ def match_queries(
             made from other queries, index or settings.
         MissingWeightsError: CLIP or matcher weights not available offline.
     """
+    from ..device import prefer_channels_last
     from ..io import relative_path, select_shard, write_jsonl
     from ..models.matcher import load_matcher
     from ..progress import progress
@@ -419,7 +420,7 @@ def match_queries(
     index = open_index(index_dir)
     clip = Embedder(embedder_spec or Embedder.spec_for(index.identity), device=device)
     index.check_identity(clip.identity)
-    net = load_matcher(matcher, device)
+    net = prefer_channels_last(load_matcher(matcher, device))
     excl, cache = _ExclusionMap(index), _FeatureCache(net, device)
     partial = out.with_name(f".{out.name}.partial")
     done = {} if overwrite else _load_partial(partial, run)

@@ -85,12 +85,13 @@ def resolve_model_path(spec: str | os.PathLike | None) -> Path:
 
 def load_model(spec=None, device=None):
     """Load a :class:`refsr.models.ldm.RefSRModel` (fp32 weights, eval mode) from ``spec``; on
-    the CPU with its convolution weights channels-last (:func:`prefer_channels_last`).
+    the CPU with its convolution weights channels-last (:func:`refsr.device.prefer_channels_last`).
 
     Raises:
         InputError: a model folder missing a part (from ``RefSRModel.from_pretrained``).
         MissingWeightsError: see :func:`resolve_model_path`.
     """
+    from ..device import prefer_channels_last
     from ..models.ldm import RefSRModel
 
     path = resolve_model_path(spec)
@@ -98,15 +99,3 @@ def load_model(spec=None, device=None):
     model.eval().requires_grad_(False)
     return prefer_channels_last(model), path
 
-
-def prefer_channels_last(model):
-    """``model`` with its 4-D weights channels-last (NHWC) when it is on the CPU, where oneDNN's
-    convolutions then run channels-last throughout: sampling takes about 0.9x the time of the
-    default layout (0.87-0.92x: the shipped model, 32-128 px inputs, 0-10 references, one
-    thread; ``scripts/bench_channels_last.py``), with the same result up to float rounding
-    (1e-4 at most). Unchanged on other devices, where it is not measured yet."""
-    import torch
-
-    if next(model.parameters()).device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
-    return model
