@@ -33,6 +33,7 @@
 #   RUN [WORK/runs/ldm-ca-ft: the training run, and the ft model of val/test]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"]
 #   TEST_MODELS [ft] TEST_FIXES ["wavelet none"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
+#   FIX_LEVELS [5: the wavelet levels of the colour fixes, as runs 3-12 sampled (run 13 chose 4 for the shipped model)]
 #   TEST [work/eval/pairs_test/manifest70.jsonl] TEST_MATCHES [work/eval/matches_test.jsonl]
 set -euo pipefail
 STAGES=${STAGES:-${*:-data testdata train val test bicubic}}
@@ -40,7 +41,7 @@ PACK=${PACK:-gpu_data}; WORK=${WORK:-work/ft}; MODEL=${MODEL:-refsr/weights/defa
 MINUTES=${MINUTES:-75}; LR_SCHEDULE=${LR_SCHEDULE:-constant}; MAX_STRENGTH=${MAX_STRENGTH:-0.5}; LR=${LR:-1e-4}; BATCH=${BATCH:-8}; STEPS=${STEPS:-100000}
 EMA=${EMA:-0.995}; SEED=${SEED:-0}; TRAIN_SEED=${TRAIN_SEED:-$SEED}; VAL_STRENGTHS=${VAL_STRENGTHS:-0.2 0.3 0.5}; START_STRENGTH=${START_STRENGTH:-0.3}
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}; VAL_STEPS=${VAL_STEPS:-$SAMPLE_STEPS}; VAL_MODELS=${VAL_MODELS:-base ft}
-TEST_MODELS=${TEST_MODELS:-ft}; TEST_FIXES=${TEST_FIXES:-wavelet none}
+TEST_MODELS=${TEST_MODELS:-ft}; TEST_FIXES=${TEST_FIXES:-wavelet none}; FIX_LEVELS=${FIX_LEVELS:-5}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
 FREEZE_UNET=${FREEZE_UNET:-0}; branch=(); [ "$FREEZE_UNET" = 1 ] && branch=(--freeze-unet)
 CA_LEVELS=${CA_LEVELS:-}; [ -n "$CA_LEVELS" ] && branch+=(--ca-levels "$CA_LEVELS")
@@ -99,7 +100,7 @@ if has val; then  # every start strength x steps x model (base = MODEL, ft = thi
       for name in $VAL_MODELS; do
         model=$MODEL; [ $name = ft ] && model=$RUN/model
         out=val_${name}_s$s; [ "$n" = "$SAMPLE_STEPS" ] || out=${out}_n$n
-        refsr -q sample --steps "$n" --seed "$SEED" --color-fix wavelet --device cpu --model "$model" \
+        refsr -q sample --steps "$n" --seed "$SEED" --color-fix wavelet --color-fix-levels "$FIX_LEVELS" --device cpu --model "$model" \
             "$WORK/pairs_val/manifest.jsonl" --matches "$WORK/matches_val.jsonl" --start-strength "$s" "${draws[@]}" \
             -o "$WORK/restored/$out"
         stamp "val $name start $s, $n steps"; evaluate "$out" "$WORK/restored/$out" "$WORK/pairs_val/manifest.jsonl"
@@ -115,6 +116,7 @@ if has test; then  # TEST_MODELS x TEST_FIXES x with/without references, at STAR
       for refs in refs norefs; do
         out=test_${name}_s${START_STRENGTH}_n${SAMPLE_STEPS}_$fix; with=(--matches "$TEST_MATCHES")
         [ $refs = norefs ] && { out=${out}_norefs; with=(); }
+        [ "$fix" = wavelet ] || [ "$fix" = luma ] && with+=(--color-fix-levels "$FIX_LEVELS")
         refsr -q sample --steps "$SAMPLE_STEPS" --seed "$SEED" --color-fix "$fix" --device cpu --model "$model" \
             "$TEST" "${with[@]}" --start-strength "$START_STRENGTH" "${draws[@]}" -o "$WORK/restored/$out"
         stamp "$out"; evaluate "$out" "$WORK/restored/$out" "$TEST"
