@@ -59,7 +59,8 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
               "of the whole image), e.g. --batch-size 4 for the 4 draws in one call (faster on GPU and on "
               "small images, more memory).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="Autocast precision (fp16 on CUDA only).")
+              help="Autocast precision (fp16 on CUDA only; bf16 on a CPU is fast only with bf16 instructions, "
+              "AVX512-BF16 or AMX, and emulated otherwise: a warning says so).")
 @click.option("--color-fix", type=click.Choice(COLOR_FIXES), default=None,
               help="Match the output's colour to the bicubic-upsampled input (wavelet: its low-frequency "
               "bands; adain: per-channel mean and std; luma: wavelet, then the input's chroma (BT.601 Cb, Cr), so "

@@ -169,6 +169,22 @@ def test_fp16_on_cpu_is_refused(ca_model):
         restore_tensor(ca_model, torch.zeros(1, 3, 8, 8), settings=SampleSettings(steps=1, precision="fp16"))
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about(tmp_path, ca_folder, coffee, monkeypatch, native):
+    """bf16 is emulated on a CPU without bf16 instructions (AVX512-BF16, AMX), several times
+    slower than fp32: `refsr sample --precision bf16` says so, and samples anyway; not where the
+    CPU has them."""
+    import refsr.device
+
+    monkeypatch.setattr(refsr.device, "cpu_bf16_supported", lambda: native)
+    write_image(tmp_path / "lr.png", _lr(coffee, 16, 12))
+    r = CliRunner().invoke(cli, ["sample", str(tmp_path / "lr.png"), "--model", str(ca_folder), "--steps", "1",
+                                 "--precision", "bf16", "--device", "cpu", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert ("bf16 on this CPU is emulated" in r.output) == (not native)
+    assert (tmp_path / "out" / "lr_sr.png").is_file()
+
+
 # ---------------------------------------------------------------------------------------
 # Files: formats, references, resume, shards
 # ---------------------------------------------------------------------------------------

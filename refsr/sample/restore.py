@@ -517,7 +517,7 @@ def sample_files(
         InputError: unreadable inputs or references, bad manifests, colliding outputs (named).
         MissingWeightsError: the model cannot be found offline.
     """
-    from ..device import resolve_device
+    from ..device import cpu_bf16_supported, resolve_device
     from .loading import load_model
 
     settings = settings or SampleSettings()
@@ -533,6 +533,9 @@ def sample_files(
     else:
         model, model_name = model.to(device).eval(), getattr(model, "name_or_path", type(model).__name__)
     settings = resolve_settings(model, settings)  # run.json records the start strength used
+    if settings.precision == "bf16" and device.type == "cpu" and cpu_bf16_supported() is False:
+        summary.warnings.append("bf16 on this CPU is emulated (it has no bf16 instructions): several times slower "
+                                "than fp32, and less precise; use --precision fp32")
     chooser = _References(model, refs, matches, max_refs, summary.warnings)
     extra = {"outscale": outscale, "suffix": suffix, "refs": [str(r) for r in refs],
              "matches": str(matches) if matches else None}
