@@ -80,7 +80,8 @@ from .common import (StageCommand, check_disjoint, device_option, overwrite_opti
               help="Only merge the run logs in OUT (of every shard, finished or killed) into OUT/run.json; "
               "no run may be writing into OUT.")
 def sample(inputs, out_dir, model, refs, matches, max_refs, sampler, steps, eta, start_strength, draws, mirror, seed, tile,
-           tile_overlap, batch_size, precision, color_fix, color_fix_levels, outscale, suffix, shard, overwrite, device, merge_only):
+           tile_overlap, batch_size, precision, color_fix, color_fix_levels, outscale, suffix, shard, overwrite, device,
+           merge_only):
     """Restore LR images with a latent diffusion model, guided by reference images.
 
     Reads LR image files, folders or pair manifests (INPUTS; a manifest contributes its

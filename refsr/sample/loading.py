@@ -98,4 +98,3 @@ def load_model(spec=None, device=None):
     model = RefSRModel.from_pretrained(path, device=device)
     model.eval().requires_grad_(False)
     return prefer_channels_last(model), path
-
