@@ -132,7 +132,8 @@ def ratio(results: dict, name: str, base: str) -> float:
 
 def build_models(config: str, device, sampler: str | None = None):
     """An ``ldm`` and an ``ldm-ca`` model sharing VQ and U-Net weights, plus the diffusers
-    pipeline on the same VQ, U-Net and schedule (``sampler``'s scheduler, DDIM by default)."""
+    pipeline on the same VQ, U-Net and schedule (``sampler``'s scheduler, DDIM by default); in
+    the memory format `refsr sample` uses on ``device``."""
     from diffusers import DDIMScheduler
 
     from refsr.sample.samplers import make_scheduler
@@ -140,8 +141,10 @@ def build_models(config: str, device, sampler: str | None = None):
 
     from refsr.models import RefSRModel
 
-    torch.manual_seed(0)
-    ca = RefSRModel.from_config(config, kind="ldm-ca").to(device).eval()
+    from refsr.device import prefer_channels_last
+
+    torch.manual_seed(0)  # channels-last on the CPU, as `refsr sample` loads a model (all three share it)
+    ca = prefer_channels_last(RefSRModel.from_config(config, kind="ldm-ca").to(device).eval())
     ldm = RefSRModel(ca.vqvae, ca.unet, None, ca.scheduler_config, "ldm", ca.scale, ca.patch_size, ca.ref_size).eval()
     scheduler = make_scheduler(sampler, ca.scheduler_config) if sampler else DDIMScheduler(**ca.scheduler_config)
     pipe = LDMSuperResolutionPipeline(vqvae=ca.vqvae, unet=ca.unet, scheduler=scheduler)
