@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
+from bench_sample import interleaved  # scripts/, this script's folder
 
 from refsr.models import RefSRModel
 from refsr.sample.core import restore_tensor
@@ -35,7 +34,6 @@ def main() -> None:
     device = torch.device(args.device)
     plain = RefSRModel.from_pretrained(resolve_model_path(args.model), device=device).eval().requires_grad_(False)
     nhwc = copy.deepcopy(plain).to(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
     print(f"# {args.device}, {torch.get_num_threads()} thread(s); seconds per image (median of {args.repeats})")
     print(f"{'LR px':>6} {'refs':>4} {'NCHW s':>8} {'NHWC s':>8} {'ratio':>6} {'max diff':>9}")
@@ -45,18 +43,11 @@ def main() -> None:
             refs = (torch.rand(1, n, 3, 128, 128, generator=g) * 2 - 1).to(device) if n else None
 
             def run(model):
-                out = restore_tensor(model, lr, refs, generator=torch.Generator().manual_seed(1), disable=True)
-                sync()
-                return out
+                return restore_tensor(model, lr, refs, generator=torch.Generator().manual_seed(1), disable=True)
 
-            diff = (run(plain) - run(nhwc)).abs().max().item()  # also the warm-up
-            times = {"plain": [], "nhwc": []}
-            for _ in range(args.repeats):
-                for name, model in (("plain", plain), ("nhwc", nhwc)):
-                    t = time.perf_counter()
-                    run(model)
-                    times[name].append(time.perf_counter() - t)
-            a, b = statistics.median(times["plain"]), statistics.median(times["nhwc"])
+            diff = (run(plain) - run(nhwc)).abs().max().item()
+            res = interleaved({"plain": lambda: run(plain), "nhwc": lambda: run(nhwc)}, device, args.repeats)
+            a, b = res["plain"][0], res["nhwc"][0]
             print(f"{size:>6} {n:>4} {a:>8.3f} {b:>8.3f} {b / a:>5.2f}x {diff:>9.1e}", flush=True)
 
 

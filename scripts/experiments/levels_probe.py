@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from paired import paired  # scripts/experiments/, this script's folder
 
 from refsr import io
 from refsr.io import write_json
@@ -53,8 +54,8 @@ def main() -> None:
         v, line = np.array(values), f"{name:18s} {np.mean(values):7.3f}"
         base = scores.get(name.replace(name.split()[1], "5")) if name.split()[0] != "none" else None
         if base is not None:
-            d = v - np.array(base)
-            line += f"  {d.mean():+.3f} (SE {d.std(ddof=1) / np.sqrt(len(d)):.3f}, {int((d > 0).sum())} of {len(d)})"
+            mean, se, better = paired(list(v - np.array(base)))
+            line += f"  {mean:+.3f} (SE {se:.3f}, {better} of {len(v)})"
         print(line)
     if args.json:
         means = {n: float(np.mean(scores[f"wavelet {n} (Y)"])) for n in levels}
