@@ -283,6 +283,11 @@ def autoencoder(**o):
               help="Train this fraction of the samples as --start-strength sampling starts: noised from the "
               "latent of the bicubic-upsampled LR instead of the HR's (the target still the HR), at timesteps in "
               "the upper half of the trained range; recorded as recipe.lr_start_fraction.")
+@click.option("--pixel-loss-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Add this weight times a pixel loss: the model's estimate of the HR latent at the trained "
+              "timestep, decoded by the frozen VQ decoder, against the HR patch, as the mean squared error of the "
+              "BT.601 luma (the Y of `refsr evaluate`'s PSNR; the latent loss alone weighs the latent's channels, "
+              "not what the decoder makes of them); recorded as recipe.pixel_loss_weight.")
 @click.option("--freeze-unet", is_flag=True,
               help="Train only the reference branch (E_LR, E_Ref, the cross-attention); the U-Net of --init-from "
               "keeps its weights, so the model without references stays exactly that U-Net (kind ldm-ca; "
@@ -335,7 +340,7 @@ def diffusion(**o):
                            ref_dropout=o["ref_dropout"], degrade_on_the_fly=o["degrade_on_the_fly"],
                            prediction_type=o["prediction_type"], min_snr_gamma=o["min_snr_gamma"],
                            max_strength=o["max_strength"], lr_start_fraction=o["lr_start_fraction"],
-                           freeze_unet=o["freeze_unet"], ca_levels=o["ca_levels"],
+                           pixel_loss_weight=o["pixel_loss_weight"], freeze_unet=o["freeze_unet"], ca_levels=o["ca_levels"],
                            self_ref_fraction=o["self_ref_fraction"])
     model = run_training(stage, opts)
     if is_main_process():

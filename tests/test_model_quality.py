@@ -296,6 +296,90 @@ def test_lr_start_samples_are_noised_from_the_lr_latent_and_regressed_onto_the_h
         DiffusionModule(module.model, lr_start_fraction=1.5)
 
 
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_predicted_z0_inverts_the_training_target(kind):
+    """What the U-Net is trained to predict, read back as an estimate of z0, is z0 itself,
+    for every timestep and both prediction types (as diffusers' DDIM step reads it)."""
+    from diffusers import DDIMScheduler
+
+    from refsr.train.diffusion import predicted_z0
+
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0155, prediction_type=kind,
+                          clip_sample=False)
+    sched.set_timesteps(1000)
+    t = torch.tensor([1, 250, 600, 999])
+    a = sched.alphas_cumprod[t].float().view(4, 1, 1, 1)
+    noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    pred = diffusion_target(kind, z0, noise, a)
+    assert torch.allclose(predicted_z0(kind, noisy, pred, a), z0, atol=1e-4)
+    for i in range(4):
+        x0 = sched.step(pred[i : i + 1], int(t[i]), noisy[i : i + 1]).pred_original_sample
+        assert torch.allclose(predicted_z0(kind, noisy[i : i + 1], pred[i : i + 1], a[i : i + 1]), x0, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction type 'sample' is not one of"):
+        predicted_z0("sample", noisy, pred, a)
+
+
+def test_luma_difference_is_the_y_that_evaluate_measures():
+    """The pixel loss's luma is `refsr evaluate`'s BT.601 Y, on [-1, 1] images (half its 0-255 scale)."""
+    from refsr.metrics.fidelity import rgb_to_y
+    from refsr.train.diffusion import luma_difference
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(2, 3, 6, 5, generator=g) * 2 - 1, torch.rand(2, 3, 6, 5, generator=g) * 2 - 1
+    want = rgb_to_y((a + 1) * 127.5) - rgb_to_y((b + 1) * 127.5)
+    assert torch.allclose(luma_difference(a, b) * 127.5, want, atol=1e-4)
+    assert float(luma_difference(a, a).abs().max()) == 0.0
+
+
+def test_pixel_loss_adds_the_luma_mse_of_the_decoded_z0_estimate(tmp_path, pairs_for_diffusion, monkeypatch):
+    """--pixel-loss-weight W: the loss gains W x the luma MSE between the HR and the decoder's
+    image of the model's z0 estimate; with a perfect prediction that estimate is the HR's own
+    latent, so the term is the autoencoder's reconstruction error. Its gradient reaches the U-Net
+    (through the frozen decoder, which stays untouched); the folder records W."""
+    from refsr.train.diffusion import luma_difference
+
+    manifest, matches, vq = pairs_for_diffusion
+    stage = DiffusionStage(manifest, config=AE_CONFIG, kind="ldm", vqvae=vq, max_strength=0.5, pixel_loss_weight=2.0)
+    module = stage.module()
+    batch = torch.utils.data.default_collate([stage.data[i % 2] for i in range(4)])
+    loss_w, logs = module(batch, torch.Generator().manual_seed(0))
+    module.pixel_loss_weight = 0.0
+    loss_0, logs_0 = module(batch, torch.Generator().manual_seed(0))
+    assert "luma_mse" not in logs_0 and float(logs["luma_mse"]) > 0
+    assert float((loss_w - loss_0).detach()) == pytest.approx(2.0 * float(logs["luma_mse"]), rel=1e-5)
+    # a perfect prediction: the decoded estimate is the reconstruction of the HR
+    module.pixel_loss_weight = 1.0
+    model = module.model
+    with torch.no_grad():
+        z0 = model.encode(batch["hr"])
+        recon = model.decode(z0, clamp=False)
+        want = float(luma_difference(recon, batch["hr"]).pow(2).mean())
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, module.max_timestep, (4,), generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    monkeypatch.setattr(model, "forward", lambda *a, **k: noise)  # epsilon: the true noise
+    loss, logs = module(batch, torch.Generator().manual_seed(0))
+    assert float(logs["luma_mse"]) == pytest.approx(want, rel=1e-4) and float(loss) == pytest.approx(want, rel=1e-4)
+    monkeypatch.undo()
+    # the gradient of the pixel term reaches the U-Net, and only through it
+    def unet_grads(weight):
+        module.pixel_loss_weight = weight
+        module.zero_grad()
+        module(batch, torch.Generator().manual_seed(0))[0].backward()
+        return [p.grad.clone() for p in model.unet.parameters() if p.grad is not None]
+
+    grads_w, grads_0 = unet_grads(1.0), unet_grads(0.0)
+    assert len(grads_w) == len(grads_0) > 0
+    assert any(not torch.allclose(a, b) for a, b in zip(grads_w, grads_0))
+    assert all(p.grad is None for p in model.vqvae.parameters())
+    run_training(stage, _ae_opts(tmp_path / "ldm", steps=1))
+    assert read_json(tmp_path / "ldm" / "model" / "model_index.json")["recipe"]["pixel_loss_weight"] == 2.0
+    with pytest.raises(ValueError, match="pixel loss weight must be >= 0"):
+        DiffusionModule(module.model, pixel_loss_weight=-1.0)
+
+
 def test_freeze_unet_trains_only_the_reference_branch(tmp_path, pairs_for_diffusion):
     """--freeze-unet: the exported U-Net (and VQ) are bit for bit those of --init-from, so the
     model without references is unchanged, while the reference branch is trained; recorded as

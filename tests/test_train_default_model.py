@@ -77,7 +77,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     # from the model above, as the GPU run starts from the shipped one
     warm_env = {**{k: v for k, v in env.items() if k != "CA_LEVELS"},  # the default: all
                 "INIT_FROM": str(results / "default_model"), "WORK": str(tmp_path / "warm"),
-                "RESULTS": str(tmp_path / "warm_results")}
+                "RESULTS": str(tmp_path / "warm_results"), "PIXEL_LOSS": "1"}
     stages = "pairs retrieval autoencoder diffusion eval export"
     run = subprocess.run(["bash", "scripts/train_default_model.sh", *stages.split()], cwd=ROOT, env=warm_env,
                          capture_output=True, text=True, timeout=900)
@@ -89,6 +89,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     recipe = after.recipe
     assert recipe["init_from"] == str(results / "default_model") and recipe["max_strength"] == 0.5
     assert recipe["lr_start_fraction"] == 0.5 and recipe["self_ref_fraction"] == 0.5
+    assert recipe["pixel_loss_weight"] == 1.0 and "pixel_loss_weight" not in model.recipe  # PIXEL_LOSS, off by default
     assert (recipe["recommended_steps"], recipe["recommended_draws"], recipe["recommended_start_strength"],
             recipe["recommended_color_fix"], recipe["recommended_mirror"]) == (4, 4, 0.5, "luma", True)
     chosen = read_json(tmp_path / "warm" / "eval" / "levels_val.json")  # on the validation pairs, among 2-7

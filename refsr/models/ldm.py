@@ -267,13 +267,14 @@ class RefSRModel(nn.Module):
         z = self.vqvae.encode(images).latents
         return z * self.latent.scale if self.latent.scale != 1.0 else z
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """(B, C, h, w) latents of :meth:`encode` -> (B, 3, 4h, 4w) float in [-1, 1]: divided by
-        the latent scale, quantised unless ``latent.decode_quantized`` is off, decoded, clamped."""
+        the latent scale, quantised unless ``latent.decode_quantized`` is off, decoded, clamped
+        (``clamp=False``: not, for a training loss whose gradient must reach every pixel)."""
         if self.latent.scale != 1.0:
             latents = latents / self.latent.scale
         out = self.vqvae.decode(latents, force_not_quantize=not self.latent.decode_quantized).sample
-        return out.clamp(-1.0, 1.0)
+        return out.clamp(-1.0, 1.0) if clamp else out
 
     def branch_input(self, images: torch.Tensor, latents: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> (N, C+3, H/4, W/4): frozen VQ latent || image at latent size

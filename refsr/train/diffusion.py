@@ -15,6 +15,12 @@ eps``, with the target of the same ``x_t`` read as a noised HR latent: the noise
 z0 from such an ``x_t`` is regressed onto the HR latent. Those samples draw timesteps from the
 upper half of the range only, where sampling starts (at small t that target noise grows as
 ``1 / sqrt(1 - a_t)``).
+
+A pixel loss (``pixel_loss_weight`` W > 0) adds ``W || Y(D(z0_hat)) - Y(HR) ||^2``: the model's
+estimate of z0 (:func:`predicted_z0`) decoded by the frozen VQ decoder, compared with the HR
+patch in BT.601 luma (:func:`luma_difference`), what ``refsr evaluate``'s PSNR measures and
+``--color-fix luma`` keeps; the latent loss alone weighs the latent's channels as the decoder
+does not.
 """
 
 from __future__ import annotations
@@ -123,6 +129,26 @@ def diffusion_target(prediction_type: str, z0: torch.Tensor, noise: torch.Tensor
     raise ValueError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
 
 
+def predicted_z0(prediction_type: str, noisy: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The model's estimate of ``z0`` from its prediction ``pred`` at ``noisy`` (the inverse of
+    :func:`diffusion_target`): eps: ``(x_t - sqrt(1 - a) eps) / sqrt(a)`` (DDPM eq. 15); v:
+    ``sqrt(a) x_t - sqrt(1 - a) v``. ``alpha_bar`` broadcasts against ``noisy`` (B, 1, 1, 1)."""
+    if prediction_type == "epsilon":
+        return (noisy - (1 - alpha_bar).sqrt() * pred) / alpha_bar.sqrt()
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * pred
+    raise ValueError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+
+
+def luma_difference(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The BT.601 luma of ``images`` minus that of ``reference``, as ``refsr evaluate`` converts
+    (:func:`refsr.metrics.fidelity.rgb_to_y`): (B, 3, H, W) RGB in [-1, 1] -> (B, 1, H, W) on the
+    scale of the images (the 0-255 Y difference / 127.5); differentiable."""
+    from ..metrics.fidelity import rgb_to_y
+
+    return (rgb_to_y((images + 1) * 127.5) - rgb_to_y((reference + 1) * 127.5)) / 127.5
+
+
 def min_snr_weight(prediction_type: str, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, eq. 8), shape of ``alpha_bar``; ones
     for ``gamma <= 0``. SNR_t = a_t / (1 - a_t); eps: min(SNR, g) / SNR; v: min(SNR, g) / (SNR + 1)."""
@@ -161,13 +187,16 @@ class DiffusionModule(nn.Module):
     """
 
     def __init__(self, model: RefSRModel, degrade=None, min_snr_gamma: float = 0.0, max_strength: float = 1.0,
-                 lr_start_fraction: float = 0.0):
+                 lr_start_fraction: float = 0.0, pixel_loss_weight: float = 0.0):
         super().__init__()
         from diffusers import DDPMScheduler
 
         if not 0.0 <= lr_start_fraction <= 1.0:
             raise ValueError(f"lr start fraction must be in [0, 1], got {lr_start_fraction}")
+        if pixel_loss_weight < 0:
+            raise ValueError(f"pixel loss weight must be >= 0, got {pixel_loss_weight}")
         self.model, self.min_snr_gamma, self.lr_start_fraction = model, float(min_snr_gamma), float(lr_start_fraction)
+        self.pixel_loss_weight = float(pixel_loss_weight)
         model.vqvae.requires_grad_(False).eval()
         sched = DDPMScheduler(**_scheduler_kwargs(model.scheduler_config))
         self.register_buffer("alphas_cumprod", sched.alphas_cumprod.float().clone(), persistent=False)
@@ -206,7 +235,13 @@ class DiffusionModule(nn.Module):
         target = diffusion_target(kind, z0.float(), noise.float(), a.float())
         per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
         loss = (min_snr_weight(kind, a.float().view(b), self.min_snr_gamma) * per_sample).mean()
-        return loss, {"refs_per_image": batch["ref_mask"].float().sum(1).mean() if "ref_mask" in batch else loss * 0}
+        logs = {"refs_per_image": batch["ref_mask"].float().sum(1).mean() if "ref_mask" in batch else loss * 0}
+        if self.pixel_loss_weight > 0:  # the estimate of z0 decoded (frozen decoder, unclamped) against the HR
+            decoded = self.model.decode(predicted_z0(kind, noisy.float(), pred.float(), a.float()), clamp=False)
+            pixel = luma_difference(decoded.float(), hr.float()).pow(2).mean()
+            logs["luma_mse"] = pixel.detach()
+            loss = loss + self.pixel_loss_weight * pixel
+        return loss, logs
 
     def contexts(self, lr, refs, mask, lr_latents=None):
         """E_LR and E_Ref contexts for ``ldm-ca`` when some image has references, else None.
@@ -246,7 +281,7 @@ class DiffusionStage(Stage):
                  degrade_on_the_fly: bool = False, validation_steps: int = 20,
                  prediction_type: str | None = None, min_snr_gamma: float | None = None,
                  max_strength: float = 1.0, lr_start_fraction: float = 0.0, freeze_unet: bool = False,
-                 ca_levels=None, self_ref_fraction: float = 0.0):
+                 ca_levels=None, self_ref_fraction: float = 0.0, pixel_loss_weight: float = 0.0):
         cfg = load_config(config)
         if freeze_unet and (kind != "ldm-ca" or init_from is None):
             raise OptionError("freeze_unet", "trains only the reference branch: it needs kind ldm-ca and a trained "
@@ -268,6 +303,9 @@ class DiffusionStage(Stage):
             self.model.recipe["lr_start_fraction"] = self.lr_start_fraction
         if self_ref_fraction > 0:
             self.model.recipe["self_ref_fraction"] = float(self_ref_fraction)
+        self.pixel_loss_weight = float(pixel_loss_weight)
+        if self.pixel_loss_weight > 0:
+            self.model.recipe["pixel_loss_weight"] = self.pixel_loss_weight
         self.freeze_unet = bool(freeze_unet)
         if self.freeze_unet:  # the loop optimises what requires grad: the branch only
             self.model.unet.requires_grad_(False)
@@ -287,7 +325,8 @@ class DiffusionStage(Stage):
         return self.data
 
     def module(self):
-        return DiffusionModule(self.model, self.degrade, self.min_snr_gamma, self.max_strength, self.lr_start_fraction)
+        return DiffusionModule(self.model, self.degrade, self.min_snr_gamma, self.max_strength, self.lr_start_fraction,
+                               self.pixel_loss_weight)
 
     def validate(self, module, batch, path: Path) -> None:
         """LR (upsampled) | DDIM sample | HR for the validation batch."""

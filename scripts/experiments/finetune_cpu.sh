@@ -8,7 +8,9 @@
 #   data    Real-ESRGAN x4 pairs (224 px crops) of the packed training and validation photos
 #           (PACK from `scripts/train_default_model.sh pack`), an index of the training photos
 #           (random-weight OpenCLIP, offline) and the references of every pair (shipped matcher,
-#           same folder = same species). About 12 minutes on 2 cores.
+#           same folder = same species): matches_train.jsonl found from the HR crops (runs 4-5),
+#           matches_train_lr.jsonl from the LR, as sampling finds them (runs 7 and 14). About 25
+#           minutes on 2 cores.
 #   testdata the test birds of run 3: Real-ESRGAN x4 pairs (224 px, seed 0) of the 140 packed test
 #           birds, TEST = every other pair (70, one per species), and their references (LR queries).
 #   train   `refsr train diffusion --init-from MODEL --max-strength MAX_STRENGTH` for MINUTES
@@ -23,13 +25,15 @@
 # Run 5: MODEL = run 4's model (the shipped one), LR_SCHEDULE=cosine STEPS=2600 MINUTES=75 TRAIN_SEED=1.
 # Run 7: MODEL = run 5's model, LR_START=0.5 TRAIN_MATCHES=$WORK/matches_train_lr.jsonl (LR queries, as
 #   sampling matches) LR_SCHEDULE=cosine STEPS=2300 MINUTES=68 TRAIN_SEED=2.
+# Run 14: MODEL = run 7's model (the shipped one), LR_START=0.5 TRAIN_MATCHES=$WORK/matches_train_lr.jsonl
+#   LR_SCHEDULE=cosine STEPS=700 MINUTES=50 TRAIN_SEED=3, with PIXEL_LOSS=1 and, the control, without.
 # Knobs: PACK [gpu_data] WORK [work/ft] MODEL [refsr/weights/default] MINUTES [75]
 #   MAX_STRENGTH [0.5] LR [1e-4] LR_SCHEDULE [constant: run 4; cosine: run 5, decays to 0 at STEPS] BATCH [8] STEPS [100000] EMA [0.995] SEED [0]
 #   TRAIN_SEED [SEED: the training draws; a continued fine-tune takes a new one]
 #   FREEZE_UNET [0; 1: --freeze-unet, train the reference branch only]
 #   CA_LEVELS [the model's: --ca-levels, e.g. 0,1,2,3 adds full-resolution positions to its branch]
 #   SELF_REF [0: --self-ref-fraction, the fraction of samples given a view of their own HR as a reference]
-#   LR_START [0: --lr-start-fraction] TRAIN_MATCHES [WORK/matches_train.jsonl] DRAWS [the model's: --draws of val/test]
+#   LR_START [0: --lr-start-fraction] PIXEL_LOSS [0: --pixel-loss-weight] TRAIN_MATCHES [WORK/matches_train.jsonl] DRAWS [the model's: --draws of val/test]
 #   RUN [WORK/runs/ldm-ca-ft: the training run, and the ft model of val/test]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"]
 #   TEST_MODELS [ft] TEST_FIXES ["wavelet none"] START_STRENGTH [0.3] SAMPLE_STEPS [20]
@@ -46,7 +50,7 @@ TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES
 FREEZE_UNET=${FREEZE_UNET:-0}; branch=(); [ "$FREEZE_UNET" = 1 ] && branch=(--freeze-unet)
 CA_LEVELS=${CA_LEVELS:-}; [ -n "$CA_LEVELS" ] && branch+=(--ca-levels "$CA_LEVELS")
 SELF_REF=${SELF_REF:-0}; [ "$SELF_REF" != 0 ] && branch+=(--self-ref-fraction "$SELF_REF")
-LR_START=${LR_START:-0}; TRAIN_MATCHES=${TRAIN_MATCHES:-$WORK/matches_train.jsonl}; DRAWS=${DRAWS:-}
+LR_START=${LR_START:-0}; PIXEL_LOSS=${PIXEL_LOSS:-0}; TRAIN_MATCHES=${TRAIN_MATCHES:-$WORK/matches_train.jsonl}; DRAWS=${DRAWS:-}
 draws=(); [ -n "$DRAWS" ] && draws=(--draws "$DRAWS")
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
@@ -61,11 +65,11 @@ if has data; then
   done
   refsr -q index-refs $(list train) --index "$WORK/refs.index" \
       --clip-model scripts/experiments/clip_small_random.json --pretrained none --device cpu
-  for split in train val; do
-    query=lr; [ "$split" = train ] && query=hr   # training queries are HR crops, the others the LR
-    [ -s "$WORK/matches_$split.jsonl" ] && continue
-    refsr -q match "$WORK/pairs_$split/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/matches_$split.jsonl" \
-        --query "$query" --group-by parent --top-images 10 --top-refs 10 --window 224 --stride 112 \
+  for out in train:hr train_lr:lr val:lr; do  # NAME:QUERY (the HR crops or the LR images)
+    name=${out%:*}; split=${name%_lr}
+    [ -s "$WORK/matches_$name.jsonl" ] && continue
+    refsr -q match "$WORK/pairs_$split/manifest.jsonl" --index "$WORK/refs.index" -o "$WORK/matches_$name.jsonl" \
+        --query "${out#*:}" --group-by parent --top-images 10 --top-refs 10 --window 224 --stride 112 \
         --matcher shipped --device cpu
   done
 fi
@@ -83,7 +87,7 @@ if has train; then
   stamp "train: from $MODEL, timesteps below $MAX_STRENGTH x T, $MINUTES min"
   refsr train diffusion "$WORK/pairs_train/manifest.jsonl" --matches "$TRAIN_MATCHES" \
       --init-from "$MODEL" --kind ldm-ca --config small --max-strength "$MAX_STRENGTH" --min-snr-gamma 5 \
-      --lr-start-fraction "$LR_START" "${branch[@]}" \
+      --lr-start-fraction "$LR_START" --pixel-loss-weight "$PIXEL_LOSS" "${branch[@]}" \
       --lr "$LR" --warmup 50 --lr-schedule "$LR_SCHEDULE" --ema-decay "$EMA" --batch-size "$BATCH" --steps "$STEPS" \
       --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 --log-every 25 --seed "$TRAIN_SEED" \
       --device cpu --resume -o "$RUN" 2>&1 | tee "$WORK/train_$(basename "$RUN").log" | tail -n 3
