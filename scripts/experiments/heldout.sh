@@ -1,6 +1,6 @@
-# Sourced by mirror_eval.sh, chroma_eval.sh and levels_eval.sh (after they set WORK): the held-out
-# splits of docs/results.md runs 6-13, their knobs (documented by the callers), the stages to run
-# (the caller's arguments or STAGES, default all), has STAGE, and the scoring (evaluate, paired).
+# Sourced by mirror_eval.sh, chroma_eval.sh, levels_eval.sh and pixel_eval.sh (after they set WORK): the held-out
+# splits of docs/results.md runs 6-14, their knobs (documented by the callers), the stages to run
+# (the caller's arguments or STAGES, default all), has STAGE, and the scoring (evaluate, paired, paired_all).
 STAGES=${STAGES:-${*:-val test general}}
 VAL=${VAL:-work/ft/pairs_val/manifest.jsonl}; VAL_MATCHES=${VAL_MATCHES:-work/ft/matches_val.jsonl}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
@@ -23,6 +23,12 @@ split_data() {  # SPLIT (val, test or general): sets m (its pair manifest) and m
 
 paired() {  # A B: B against A, per image (WORK/eval/per_image_*.csv)
   echo "== $2 vs $1"; python scripts/experiments/paired.py "$WORK/eval/per_image_$1.csv" "$WORK/eval/per_image_$2.csv"
+}
+
+paired_all() {  # SPLIT NAME...: each NAME against the first, and the last against SPLIT's bicubic; Y and RGB
+  local split=$1 first=$2 last=${!#} name; shift 2
+  for name in "$@"; do paired "$first" "$name"; paired "${first}_rgb" "${name}_rgb"; done
+  paired "${split}_bicubic" "$last"; paired "${split}_bicubic_rgb" "${last}_rgb"
 }
 
 evaluate() {  # NAME PRED MANIFEST: Y (PSNR, SSIM, NIQE) and RGB (PSNR, SSIM) into WORK/eval

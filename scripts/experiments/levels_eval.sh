@@ -12,7 +12,7 @@
 #   makes them: its data and testdata stages)
 set -euo pipefail
 WORK=${WORK:-work/levels}; MODEL=${MODEL:-refsr/weights/default}; LEVELS=${LEVELS:-5 4}
-. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), evaluate(), bicubic() and paired()
+. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), evaluate(), bicubic(), paired() and paired_all()
 
 has general && general_data
 for split in val test general; do
@@ -26,6 +26,5 @@ for split in val test general; do
         --device cpu -o "$WORK/restored/$name"
     evaluate "$name" "$WORK/restored/$name" "$m"
   done
-  for name in "${names[@]:1}"; do paired "${names[0]}" "$name"; paired "${names[0]}_rgb" "${name}_rgb"; done
-  paired "${split}_bicubic" "${names[-1]}"; paired "${split}_bicubic_rgb" "${names[-1]}_rgb"
+  paired_all "$split" "${names[@]}"
 done

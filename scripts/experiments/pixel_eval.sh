@@ -12,7 +12,7 @@
 set -euo pipefail
 WORK=${WORK:-work/pixel}
 MODELS=${MODELS:-shipped=refsr/weights/default latent=work/ft/runs/latent14/model pixel=work/ft/runs/pixel14/model}
-. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), evaluate(), bicubic() and paired()
+. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), evaluate(), bicubic(), paired() and paired_all()
 shipped=(--steps 4 --start-strength 0.5 --draws 4 --mirror --color-fix luma --color-fix-levels 4 --seed 0 --device cpu)
 
 has general && general_data
@@ -31,6 +31,5 @@ for split in val test general; do
       paired "${name}_norefs" "$name"
     fi
   done
-  for name in "${names[@]:1}"; do paired "${names[0]}" "$name"; paired "${names[0]}_rgb" "${name}_rgb"; done
-  paired "${split}_bicubic" "${names[-1]}"; paired "${split}_bicubic_rgb" "${names[-1]}_rgb"
+  paired_all "$split" "${names[@]}"
 done
