@@ -12,16 +12,15 @@
 #   makes them: its data and testdata stages)
 set -euo pipefail
 WORK=${WORK:-work/chroma}; MODEL=${MODEL:-refsr/weights/default}
-. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES and has()
+. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), each_split(), evaluate(), bicubic() and paired()
 
-has general && general_data
-for split in val test general; do
-  has $split || continue
-  split_data $split
+score() {  # SPLIT: bicubic, wavelet and luma, scored and paired
+  local split=$1 fix
   bicubic "${split}_bicubic" "$m"
   for fix in wavelet luma; do
     refsr -q sample --model "$MODEL" "$m" --matches "$mt" --color-fix $fix --color-fix-levels 5 --seed 0 --device cpu -o "$WORK/restored/${split}_$fix"
     evaluate "${split}_$fix" "$WORK/restored/${split}_$fix" "$m"
   done
   paired ${split}_wavelet ${split}_luma; paired ${split}_wavelet_rgb ${split}_luma_rgb; paired ${split}_bicubic_rgb ${split}_luma_rgb
-done
+}
+each_split score

@@ -1,6 +1,6 @@
 # Sourced by mirror_eval.sh, chroma_eval.sh, levels_eval.sh and pixel_eval.sh (after they set WORK): the held-out
 # splits of docs/results.md runs 6-14, their knobs (documented by the callers), the stages to run
-# (the caller's arguments or STAGES, default all), has STAGE, and the scoring (evaluate, paired, paired_all).
+# (the caller's arguments or STAGES, default all), has STAGE, each_split FN, and the scoring (evaluate, paired, paired_all).
 STAGES=${STAGES:-${*:-val test general}}
 VAL=${VAL:-work/ft/pairs_val/manifest.jsonl}; VAL_MATCHES=${VAL_MATCHES:-work/ft/matches_val.jsonl}
 TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES:-work/eval/matches_test.jsonl}
@@ -19,6 +19,16 @@ general_data() {  # the 15 general test photos: pairs and matches as in run 6
 split_data() {  # SPLIT (val, test or general): sets m (its pair manifest) and mt (its matches)
   case $1 in val) m=$VAL; mt=$VAL_MATCHES;; test) m=$TEST; mt=$TEST_MATCHES;;
              general) m=$WORK/pairs_general/manifest.jsonl; mt=$WORK/matches_general.jsonl;; esac
+}
+
+each_split() {  # FN: FN SPLIT for each split STAGES asks for (val, test, general), with m and mt set
+  local split
+  has general && general_data
+  for split in val test general; do
+    has $split || continue
+    split_data $split
+    "$1" $split
+  done
 }
 
 paired() {  # A B: B against A, per image (WORK/eval/per_image_*.csv)

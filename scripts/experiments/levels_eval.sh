@@ -12,14 +12,11 @@
 #   makes them: its data and testdata stages)
 set -euo pipefail
 WORK=${WORK:-work/levels}; MODEL=${MODEL:-refsr/weights/default}; LEVELS=${LEVELS:-5 4}
-. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), evaluate(), bicubic(), paired() and paired_all()
+. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), each_split(), evaluate(), bicubic(), paired() and paired_all()
 
-has general && general_data
-for split in val test general; do
-  has $split || continue
-  split_data $split
+score() {  # SPLIT: bicubic, then each of LEVELS, scored and paired
+  local split=$1 levels name names=()
   bicubic "${split}_bicubic" "$m"
-  names=()
   for levels in $LEVELS; do
     name=${split}_luma$levels; names+=("$name")
     refsr -q sample --model "$MODEL" "$m" --matches "$mt" --color-fix luma --color-fix-levels "$levels" --seed 0 \
@@ -27,4 +24,5 @@ for split in val test general; do
     evaluate "$name" "$WORK/restored/$name" "$m"
   done
   paired_all "$split" "${names[@]}"
-done
+}
+each_split score

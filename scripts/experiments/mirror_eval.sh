@@ -11,7 +11,7 @@
 #   training photos, scripts/experiments/clip_small_random.json]
 set -euo pipefail
 WORK=${WORK:-work/mirror}; MODEL=${MODEL:-refsr/weights/default}
-. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES and has()
+. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), each_split(), evaluate(), bicubic() and paired()
 
 run() {  # NAME MANIFEST MATCHES|- MIRROR(--mirror|--no-mirror): restore with the model's sampling, then score
   local with=(); [ "$3" != - ] && with=(--matches "$3")
@@ -20,14 +20,13 @@ run() {  # NAME MANIFEST MATCHES|- MIRROR(--mirror|--no-mirror): restore with th
   evaluate "$1" "$WORK/restored/$1" "$2"
 }
 
-has general && general_data
-for split in val test general; do
-  has $split || continue
-  split_data $split
+score() {  # SPLIT: without and with --mirror (and, but on val, without references), scored and paired
+  local split=$1 mirror
   for mirror in no-mirror mirror; do
     run "${split}_$mirror" "$m" "$mt" --$mirror
     [ $split = val ] || run "${split}_${mirror}_norefs" "$m" - --$mirror
   done
   paired ${split}_no-mirror ${split}_mirror
   [ $split = val ] || { paired ${split}_no-mirror_norefs ${split}_mirror_norefs; paired ${split}_mirror_norefs ${split}_mirror; }
-done
+}
+each_split score

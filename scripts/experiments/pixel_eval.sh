@@ -12,15 +12,12 @@
 set -euo pipefail
 WORK=${WORK:-work/pixel}
 MODELS=${MODELS:-shipped=refsr/weights/default latent=work/ft/runs/latent14/model pixel=work/ft/runs/pixel14/model}
-. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), evaluate(), bicubic(), paired() and paired_all()
+. "$(dirname "$0")/heldout.sh"  # the splits, their knobs, STAGES, has(), each_split(), evaluate(), bicubic(), paired() and paired_all()
 shipped=(--steps 4 --start-strength 0.5 --draws 4 --mirror --color-fix luma --color-fix-levels 4 --seed 0 --device cpu)
 
-has general && general_data
-for split in val test general; do
-  has $split || continue
-  split_data $split
+score() {  # SPLIT: bicubic, then each of MODELS (on the test birds also without references), scored and paired
+  local split=$1 entry name names=()
   bicubic "${split}_bicubic" "$m"
-  names=()
   for entry in $MODELS; do
     name=${split}_${entry%%=*}; names+=("$name")
     refsr -q sample --model "${entry#*=}" "$m" --matches "$mt" "${shipped[@]}" -o "$WORK/restored/$name"
@@ -32,4 +29,5 @@ for split in val test general; do
     fi
   done
   paired_all "$split" "${names[@]}"
-done
+}
+each_split score
