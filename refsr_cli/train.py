@@ -286,8 +286,8 @@ def autoencoder(**o):
 @click.option("--pixel-loss-weight", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Add this weight times a pixel loss: the model's estimate of the HR latent at the trained "
               "timestep, decoded by the frozen VQ decoder, against the HR patch, as the mean squared error of the "
-              "BT.601 luma (the Y of `refsr evaluate`'s PSNR; the latent loss alone weighs the latent's channels, "
-              "not what the decoder makes of them); recorded as recipe.pixel_loss_weight.")
+              "BT.601 luma (the Y of `refsr evaluate`'s PSNR; the latent loss alone weighs every latent element "
+              "equally, whatever the decoder makes of it); recorded as recipe.pixel_loss_weight.")
 @click.option("--freeze-unet", is_flag=True,
               help="Train only the reference branch (E_LR, E_Ref, the cross-attention); the U-Net of --init-from "
               "keeps its weights, so the model without references stays exactly that U-Net (kind ldm-ca; "

@@ -357,7 +357,7 @@ def test_pixel_loss_adds_the_luma_mse_of_the_decoded_z0_estimate(tmp_path, pairs
         recon = model.decode(z0, clamp=False)
         want = float(luma_difference(recon, batch["hr"]).pow(2).mean())
     g = torch.Generator().manual_seed(0)
-    t = torch.randint(0, module.max_timestep, (4,), generator=g)
+    torch.randint(0, module.max_timestep, (4,), generator=g)  # the module's timestep draw, then its noise
     noise = torch.randn(z0.shape, generator=g)
     monkeypatch.setattr(model, "forward", lambda *a, **k: noise)  # epsilon: the true noise
     loss, logs = module(batch, torch.Generator().manual_seed(0))

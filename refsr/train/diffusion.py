@@ -19,8 +19,8 @@ upper half of the range only, where sampling starts (at small t that target nois
 A pixel loss (``pixel_loss_weight`` W > 0) adds ``W || Y(D(z0_hat)) - Y(HR) ||^2``: the model's
 estimate of z0 (:func:`predicted_z0`) decoded by the frozen VQ decoder, compared with the HR
 patch in BT.601 luma (:func:`luma_difference`), what ``refsr evaluate``'s PSNR measures and
-``--color-fix luma`` keeps; the latent loss alone weighs the latent's channels as the decoder
-does not.
+``--color-fix luma`` keeps; the latent loss alone weighs every latent element equally, whatever
+the decoder makes of it.
 """
 
 from __future__ import annotations
