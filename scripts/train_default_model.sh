@@ -7,9 +7,16 @@
 #
 # Stages (run in this order; each resumes or skips what is done, so a command cut by its time
 # limit is continued by running it again):
-#   pack        (here, CPU) photos of ../shared/data -> PACK (default gpu_data/, git-ignored,
-#               about 20 MiB: every test/validation bird, the general photos, as many training
-#               birds per species as fit). Carry PACK to the GPU machine.
+#   pack        (here, CPU) into PACK (default gpu_data/, git-ignored): PACK/deps, the Python packages
+#               the GPU machine's image lacks (diffusers, open_clip_torch and its ftfy/wcwidth, lpips,
+#               piq: the versions installed here, as wheels for its Python GPU_PYTHON, unpacked into one
+#               site.tar.xz; hnswlib as source, since it publishes no Linux wheel), then the photos of
+#               ../shared/data (every test/validation bird, the general photos, as many training birds
+#               per species as fit in what the 64 MiB working-tree copy leaves: BUDGET_MB auto). It
+#               refuses if tracked files + PACK would exceed 64 MiB. Carry PACK to the GPU machine.
+#   (every stage below first makes sure refsr and its dependencies import: where they do not, as on
+#   the GPU machine, it unpacks PACK/deps into WORK/site, builds hnswlib there once (pip, from source,
+#   no network), and runs `python -m refsr_cli` from this checkout)
 #   pairs       Real-ESRGAN x4 pairs, CROP px crops: training (birds + general), validation birds, test birds,
 #               test general
 #   retrieval   index the training photos (OpenCLIP; random weights offline), match every pair
@@ -21,6 +28,11 @@
 #               scale and decoding measured at export
 #   diffusion   ldm and ldm-ca side by side: same config, seed, data order and optimizer steps;
 #               from INIT_FROM: ldm-ca from its U-Net and branch, ldm from the same U-Net alone
+#   handback    the trained models (float16) and their logs into RESULTS as trained.tar.part00, ... (at
+#               most PART_MB each: the device returns at most 8 files of 16 MiB), so that they come home
+#               even if the eval command cannot run
+#   unpack      (here) RESULTS/trained.tar.part* -> WORK/runs: then `eval export install` run here on the
+#               CPU (with the pairs and retrieval stages first, as PACK is here)
 #   eval        the colour fix's wavelet levels for ldm-ca (START_COLOR_FIX_LEVELS auto: the best Y-PSNR
 #               on the validation birds); test birds: bicubic, autoencoder ceiling, INIT_FROM as it is
 #               shipped (its own recommended sampling), ldm, ldm-ca without / with references, ldm-ca
@@ -31,13 +43,20 @@
 #               docs/results.md run 10); test general photos: bicubic, ldm-ca; PSNR/SSIM (Y,
 #               border 4) and NIQE; tables and a picture
 #   export      the ldm-ca model as float16, with the sampling the eval used as its recommended
-#               one (scripts/experiments/recommend.py), + reports into RESULTS (default $OUT,
-#               else WORK/results)
-#   install     (here) RESULTS/default_model -> refsr/weights/default, reports -> docs/results/default_model
+#               one (scripts/experiments/recommend.py), into RESULTS (default $OUT, else
+#               WORK/results) as default_model.tar.part00, ... and the reports as reports.tar.gz
+#   install     (here) RESULTS/default_model.tar.part* -> refsr/weights/default, RESULTS/reports.tar.gz
+#               -> docs/results/default_model
 #
-# The GPU run (two commands, the second right after the first so the machine stays warm):
-#   run: STAGES="pairs retrieval autoencoder diffusion" scripts/train_default_model.sh   (carry gpu_data)
-#   run: STAGES="eval export" scripts/train_default_model.sh
+# The GPU run (two commands, the second right after the first so the machine stays warm; SLOT is
+# the seconds a command may take: the autoencoder and diffusion caps shrink to fit it, the
+# diffusion first):
+#   run: SLOT=510 STAGES="pairs retrieval autoencoder diffusion handback" scripts/train_default_model.sh
+#        (carry gpu_data, timeout 540)
+#   run: STAGES="eval export" scripts/train_default_model.sh   (what device time is left)
+#   here: RESULTS=<fetched> scripts/train_default_model.sh install
+# If the second command cannot run: RESULTS=<the first's files> STAGES="unpack pairs retrieval eval
+# export" scripts/train_default_model.sh here (an hour on 2 cores), then install.
 # Why from the shipped model by default: in the ~7 minutes of training one command allows, a
 # from-scratch run reaches ~1,500 steps of ldm-ca (run 1 measured ~7.4 steps/s beside ldm on an
 # H100): less than went into the shipped model (docs/results.md runs 1-7), so it would not
@@ -65,7 +84,9 @@
 #   2-7 (scripts/experiments/levels_probe.py; run 13: 4 for the shipped model, +0.11 dB Y-PSNR over StableSR's 5); or a number]
 #   METRICS [psnr,ssim,niqe]
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json] CLIP_PRETRAINED [none]
-#   MATCHER [shipped] BUDGET_MB [20] DATA [../shared/data] REFSR [refsr] PYTHON [python3]
+#   MATCHER [shipped] BUDGET_MB [auto: what 64 MiB leaves beside the tracked files and PACK/deps, less 1.5]
+#   DATA [../shared/data] REFSR [refsr where installed, else PYTHON -m refsr_cli] PYTHON [python3]
+#   GPU_DEPS [1; 0: pack the photos only] GPU_PYTHON [3.12: the GPU image's] SLOT [0: no limit; seconds this command may take] PART_MB [15]
 set -euo pipefail
 STAGES=${STAGES:-${*:-pack}}
 PACK=${PACK:-gpu_data}; WORK=${WORK:-work/default_model}; DATA=${DATA:-../shared/data}
@@ -85,15 +106,77 @@ recipe=(--min-snr-gamma "$MIN_SNR" --max-strength "$MAX_STRENGTH" --lr-start-fra
 [ -n "$LR" ] && recipe+=(--lr "$LR" --lr-schedule cosine --warmup 100)
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; mirror=--mirror; [ "$START_MIRROR" = 0 ] && mirror=--no-mirror; START_COLOR_FIX=${START_COLOR_FIX:-luma}; START_COLOR_FIX_LEVELS=${START_COLOR_FIX_LEVELS:-auto}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
-MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-20}; REFSR=${REFSR:-refsr}; PYTHON=${PYTHON:-python3}
+MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-auto}; PYTHON=${PYTHON:-python3}
+GPU_DEPS=${GPU_DEPS:-1}; GPU_PYTHON=${GPU_PYTHON:-3.12}; SLOT=${SLOT:-0}; PART_MB=${PART_MB:-15}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 list() { sed "s|^|$PACK/split/|" "$PACK/split/$1.txt"; }   # a split's photos (listed relative to the list)
+mib() { $PYTHON -c "import os, sys; print(round(sum(os.path.getsize(f) for f in sys.stdin.read().split(chr(0)) if os.path.isfile(f)) / 2**20, 2))"; }
+travels_mib() {  # MiB of what the GPU machine's copy of the working tree holds besides PACK (tracked + untracked-not-ignored)
+  git ls-files -z --cached --others --exclude-standard | mib; }
+fit_minutes() {  # CAP RESERVE_S: CAP minutes (0: none), or fewer (at least 0.5) so that RESERVE_S seconds of the SLOT remain
+  if [ "$SLOT" -le 0 ]; then echo "$1"; return; fi
+  awk -v cap="$1" -v left=$((SLOT - SECONDS)) -v reserve="$2" 'BEGIN {
+    m = (left - reserve) / 60; if (cap > 0 && cap < m) m = cap; if (m < 0.5) m = 0.5; printf "%.2f\n", m }'
+}
+parts() {  # NAME DIR: DIR as RESULTS/NAME.tar.part00, part01, ... of at most PART_MB MiB (the device returns 8 files of 16 MiB)
+  mkdir -p "$RESULTS"; rm -f "$RESULTS/$1".tar.part*
+  tar cf - -C "$2" . | split -b "${PART_MB}M" -d - "$RESULTS/$1.tar.part"
+  ls "$RESULTS/$1".tar.part* | sed 's/^/  /'
+}
+unparts() {  # NAME DIR: RESULTS/NAME.tar.part* unpacked into DIR
+  ls "$RESULTS/$1".tar.part* > /dev/null || { echo "$RESULTS/$1.tar.part*: not found" >&2; exit 1; }
+  mkdir -p "$2"; cat "$RESULTS/$1".tar.part* | tar xf - -C "$2"
+}
 mkdir -p "$WORK"
 
 if has pack; then
-  stamp "pack $DATA -> $PACK (<= $BUDGET_MB MiB)"
+  [ -e "$PACK" ] && { echo "$PACK exists: remove it (or choose PACK) to pack again" >&2; exit 1; }
+  deps="$WORK/deps.partial"; rm -rf "$deps"; mkdir -p "$deps/whl" "$deps/site"
+  if [ "$GPU_DEPS" = 1 ]; then
+    stamp "deps: what the GPU image lacks, as installed here, for its Python $GPU_PYTHON -> $PACK/deps"
+    for pkg in diffusers open_clip_torch ftfy wcwidth lpips piq; do  # its other needs (torch, accelerate, opencv, ...) are there
+      version=$($PYTHON -c "import sys; from importlib.metadata import version; print(version(sys.argv[1]))" "$pkg")
+      $PYTHON -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
+          --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+          -d "$deps/whl" "$pkg==$version"
+    done
+    for w in "$deps"/whl/*.whl; do $PYTHON -m zipfile -e "$w" "$deps/site"; done   # a wheel is its site-packages files
+    tar cJf "$deps/site.tar.xz" -C "$deps/site" .
+    version=$($PYTHON -c "from importlib.metadata import version; print(version('hnswlib'))")
+    $PYTHON -m pip download -q --no-deps --no-binary hnswlib -d "$deps" "hnswlib==$version"   # no Linux wheel: built there
+  fi
+  rm -rf "$deps/whl" "$deps/site"
+  deps_mib=$(find "$deps" -type f -print0 | mib); tree_mib=$(travels_mib)
+  [ "$BUDGET_MB" = auto ] && BUDGET_MB=$($PYTHON -c "import sys; print(round(64 - float(sys.argv[1]) - float(sys.argv[2]) - 1.5, 1))" "$tree_mib" "$deps_mib")
+  stamp "pack $DATA -> $PACK: photos <= $BUDGET_MB MiB (the tree $tree_mib MiB, deps $deps_mib MiB)"
   $PYTHON scripts/experiments/pack_photos.py "$DATA" "$PACK" --budget-mb "$BUDGET_MB" --seed "$SEED" --max-side 384
+  mv "$deps" "$PACK/deps"
+  total=$($PYTHON -c "import sys; print(round(float(sys.argv[1]) + float(sys.argv[2]), 2))" "$tree_mib" "$(find "$PACK" -type f -print0 | mib)")
+  stamp "the GPU machine's copy: $total MiB of 64 (tracked and untracked files $tree_mib, $PACK the rest)"
+  $PYTHON -c "import sys; sys.exit(float(sys.argv[1]) > 64)" "$total" || { echo "over the 64 MiB the GPU machine copies: lower BUDGET_MB" >&2; exit 1; }
+fi
+
+# refsr and its dependencies: installed here; on the GPU machine, from PACK/deps into WORK/site (once per machine)
+needs_refsr=0; for stage in pairs retrieval autoencoder diffusion handback unpack eval export; do has $stage && needs_refsr=1; done
+if [ $needs_refsr = 1 ]; then
+  if ! $PYTHON -c "import diffusers, open_clip, hnswlib" 2>/dev/null; then
+    site="$PWD/$WORK/site"; [[ "$WORK" = /* ]] && site="$WORK/site"
+    if [ ! -f "$site/.complete" ]; then
+      [ -f "$PACK/deps/site.tar.xz" ] || { echo "$PYTHON cannot import diffusers, open_clip or hnswlib, and $PACK/deps is missing: run the pack stage where they are installed and carry $PACK" >&2; exit 1; }
+      stamp "deps: $PACK/deps -> $site (hnswlib built from its source)"
+      rm -rf "$site.partial"; mkdir -p "$site.partial"
+      tar xJf "$PACK/deps/site.tar.xz" -C "$site.partial"
+      $PYTHON -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$site.partial" "$PACK"/deps/hnswlib-*.tar.gz
+      touch "$site.partial/.complete"; rm -rf "$site"; mv "$site.partial" "$site"
+    fi
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    $PYTHON -c "import diffusers, open_clip, hnswlib, lpips, piq"   # here, not in the middle of a stage
+  fi
+  (cd / && $PYTHON -c "import refsr" 2> /dev/null) || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ -z "${REFSR:-}" ]; then
+  if command -v refsr > /dev/null; then REFSR=refsr; else REFSR="$PYTHON -m refsr_cli"; fi
 fi
 
 if has pairs; then
@@ -117,7 +200,12 @@ fi
 
 common=(--config "$CONFIG" --seed "$SEED" --device "$DEVICE" --workers "$WORKERS" --batch-size "$BATCH"
         --checkpoint-every 500 --log-every 25 --resume)
+# Seconds kept back in a SLOT: each training's start, held-out evaluation and export beside its
+# cap (not measured on a GPU; generous), and the handback stage
+AE_RESERVE=${AE_RESERVE:-45}; DIFFUSION_RESERVE=${DIFFUSION_RESERVE:-60}; HANDBACK_RESERVE=${HANDBACK_RESERVE:-30}
 if has autoencoder; then
+  # the diffusion's cap and reserves come first
+  AE_MAX_MINUTES=$(fit_minutes "$AE_MAX_MINUTES" "$(awk -v m="$MAX_MINUTES" -v r=$((AE_RESERVE + DIFFUSION_RESERVE + HANDBACK_RESERVE)) 'BEGIN { print int(m * 60 + r) }')")
   stamp "autoencoder: $AE_STEPS steps (cap $AE_MAX_MINUTES min), $AE_HOLDOUT of the crops held out; ${ae_start[*]:-from scratch}"
   $REFSR train autoencoder "$WORK/pairs_train/manifest.jsonl" --steps "$AE_STEPS" "${ae_start[@]}" \
       --max-minutes "$AE_MAX_MINUTES" --holdout "$AE_HOLDOUT" --decode "$DECODE" --no-lpips --validate-every 1000 \
@@ -125,6 +213,7 @@ if has autoencoder; then
 fi
 
 if has diffusion; then
+  MAX_MINUTES=$(fit_minutes "$MAX_MINUTES" $((DIFFUSION_RESERVE + HANDBACK_RESERVE)))
   stamp "diffusion: ldm and ldm-ca, $STEPS steps each (${recipe[*]}; cap $MAX_MINUTES min; ${start[*]:-from scratch}; ldm-ca cross-attention positions $CA_LEVELS)"
   for kind in ldm ldm-ca; do
     self=(); [ "$kind" = ldm-ca ] && [ "$SELF_REF" != 0 ] && self=(--self-ref-fraction "$SELF_REF")
@@ -135,6 +224,24 @@ if has diffusion; then
   done
   wait
   tail -n 2 "$WORK"/train_ldm*.log
+fi
+
+if has handback; then
+  stamp "handback: the trained models (float16) and logs -> $RESULTS/trained.tar.part*"
+  h="$WORK/handback"; rm -rf "$h"; mkdir -p "$h/runs"
+  for kind in vq ldm ldm-ca; do
+    mkdir -p "$h/runs/$kind"
+    if [ $kind = vq ]; then cp -r "$WORK/runs/vq/model" "$h/runs/vq/model"   # as trained: the ceiling row's own bytes
+    else $PYTHON scripts/experiments/export_half.py "$WORK/runs/$kind/model" "$h/runs/$kind/model" > /dev/null; fi
+    for f in metrics.jsonl eval.json; do [ -f "$WORK/runs/$kind/$f" ] && cp "$WORK/runs/$kind/$f" "$h/runs/$kind/"; done
+  done
+  cp "$WORK"/train_*.log "$h/" 2> /dev/null || true
+  parts trained "$h"
+fi
+
+if has unpack; then
+  stamp "unpack: $RESULTS/trained.tar.part* -> $WORK"
+  unparts trained "$WORK"
 fi
 
 color_fix_levels() {  # START_COLOR_FIX_LEVELS, or with auto the eval stage's choice
@@ -211,23 +318,26 @@ if has eval; then
 fi
 
 if has export; then
-  mkdir -p "$RESULTS"
-  $PYTHON scripts/experiments/export_half.py "$WORK/runs/ldm-ca/model" "$RESULTS/default_model"
+  e="$WORK/export"; rm -rf "$e"; mkdir -p "$e/reports"
+  $PYTHON scripts/experiments/export_half.py "$WORK/runs/ldm-ca/model" "$e/default_model"
   levels=$(color_fix_levels)
-  $PYTHON scripts/experiments/recommend.py "$RESULTS/default_model" --steps "$START_STEPS" \
+  $PYTHON scripts/experiments/recommend.py "$e/default_model" --steps "$START_STEPS" \
       --start-strength "$START_STRENGTH" --draws "$START_DRAWS" --color-fix "$START_COLOR_FIX" \
       --color-fix-levels "$levels" "$mirror"
-  cp "$WORK"/eval/*.json "$WORK"/eval/*.txt "$WORK"/eval/grid.png "$WORK"/train_*.log "$RESULTS"/ 2>/dev/null || true
-  cp "$WORK/runs/vq/eval.json" "$RESULTS/autoencoder_eval.json"
-  for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$RESULTS/metrics_$kind.jsonl"; done
-  stamp "results in $RESULTS"
+  cp "$WORK"/eval/*.json "$WORK"/eval/*.txt "$WORK"/eval/grid.png "$WORK"/train_*.log "$e/reports/" 2>/dev/null || true
+  cp "$WORK/runs/vq/eval.json" "$e/reports/autoencoder_eval.json"
+  for kind in vq ldm ldm-ca; do cp "$WORK/runs/$kind/metrics.jsonl" "$e/reports/metrics_$kind.jsonl"; done
+  parts default_model "$e/default_model"
+  tar czf "$RESULTS/reports.tar.gz" -C "$e/reports" .
+  stamp "results in $RESULTS: default_model.tar.part*, reports.tar.gz"
 fi
 
 if has install; then
-  [ -d "$RESULTS/default_model" ] || { echo "$RESULTS/default_model: not found (run the export stage)" >&2; exit 1; }
-  rm -rf refsr/weights/default.new && cp -r "$RESULTS/default_model" refsr/weights/default.new
+  ls "$RESULTS"/default_model.tar.part* > /dev/null || { echo "$RESULTS/default_model.tar.part*: not found (run the export stage)" >&2; exit 1; }
+  rm -rf refsr/weights/default.new && unparts default_model refsr/weights/default.new
+  [ -f refsr/weights/default.new/model_index.json ] || { echo "$RESULTS/default_model.tar.part*: no model_index.json in it" >&2; exit 1; }
   rm -rf refsr/weights/default && mv refsr/weights/default.new refsr/weights/default
   mkdir -p docs/results/default_model
-  find "$RESULTS" -maxdepth 1 -type f -exec cp {} docs/results/default_model/ \;
+  tar xzf "$RESULTS/reports.tar.gz" -C docs/results/default_model
   stamp "installed refsr/weights/default and docs/results/default_model"
 fi

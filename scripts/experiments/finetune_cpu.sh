@@ -6,7 +6,9 @@
 #
 # Stages (each resumes or skips what is done):
 #   data    Real-ESRGAN x4 pairs (224 px crops) of the packed training and validation photos
-#           (PACK from `scripts/train_default_model.sh pack`), an index of the training photos
+#           (PACK from `scripts/train_default_model.sh pack`; runs 3-14 used its 20 MiB pack of
+#           1,357 training photos: `GPU_DEPS=0 BUDGET_MB=20 scripts/train_default_model.sh pack`;
+#           its default since 2026-12-07 leaves room for packages, 1,002), an index of the training photos
 #           (random-weight OpenCLIP, offline) and the references of every pair (shipped matcher,
 #           same folder = same species): matches_train.jsonl found from the HR crops (runs 4-5),
 #           matches_train_lr.jsonl from the LR, as sampling finds them (runs 7 and 14). About 25
