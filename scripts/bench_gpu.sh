@@ -4,6 +4,10 @@
 #
 #   scripts/bench_gpu.sh [LOGS]      (LOGS: folder for the outputs; default $OUT, else bench_gpu/)
 #
+# On the GPU machine, whose image lacks diffusers, open_clip and hnswlib, carry gpu_data/deps (made
+# by `scripts/train_default_model.sh pack`); they are set up in SITE [work/default_model/site, the
+# training run's, so a warm machine sets them up once] by scripts/gpu_env.sh. PYTHON [python3].
+#
 # 1. degrade_batch, Real-ESRGAN x4, batch 64, 512 crops: 224 px and 512 px
 #    (targets >= 2000 and >= 500 crops/s), then the torch-on-GPU vs numpy agreement check.
 # 2. sample, `paper` config (random weights), bf16, 128 px LR -> 512x512 (one tile), ldm and
@@ -19,7 +23,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${1:-${OUT:-bench_gpu}}
 mkdir -p "$LOGS"
-run() { local name=$1; shift; echo "== $name: python $*"; python "$@" 2>&1 | tee "$LOGS/$name.txt"; }
+source scripts/gpu_env.sh
+refsr_env "${DEPS:-gpu_data/deps}" "${SITE:-work/default_model/site}"
+run() { local name=$1; shift; echo "== $name: $PYTHON $*"; $PYTHON "$@" 2>&1 | tee "$LOGS/$name.txt"; }
 run degrade scripts/bench_degrade.py --devices cuda --skip-numpy --sizes 224,512 --n 512 --batch 64 --check
 run sample_bf16_ddim50 scripts/bench_sample.py --config paper --sizes 128 --refs 0,10 --tile 128 \
     --precision bf16 --sampler ddim --steps 50 --repeats 5

@@ -160,23 +160,8 @@ fi
 # refsr and its dependencies: installed here; on the GPU machine, from PACK/deps into WORK/site (once per machine)
 needs_refsr=0; for stage in pairs retrieval autoencoder diffusion handback unpack eval export; do has $stage && needs_refsr=1; done
 if [ $needs_refsr = 1 ]; then
-  if ! $PYTHON -c "import diffusers, open_clip, hnswlib" 2>/dev/null; then
-    site="$PWD/$WORK/site"; [[ "$WORK" = /* ]] && site="$WORK/site"
-    if [ ! -f "$site/.complete" ]; then
-      [ -f "$PACK/deps/site.tar.xz" ] || { echo "$PYTHON cannot import diffusers, open_clip or hnswlib, and $PACK/deps is missing: run the pack stage where they are installed and carry $PACK" >&2; exit 1; }
-      stamp "deps: $PACK/deps -> $site (hnswlib built from its source)"
-      rm -rf "$site.partial"; mkdir -p "$site.partial"
-      tar xJf "$PACK/deps/site.tar.xz" -C "$site.partial"
-      $PYTHON -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$site.partial" "$PACK"/deps/hnswlib-*.tar.gz
-      touch "$site.partial/.complete"; rm -rf "$site"; mv "$site.partial" "$site"
-    fi
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-    $PYTHON -c "import diffusers, open_clip, hnswlib, lpips, piq"   # here, not in the middle of a stage
-  fi
-  (cd / && $PYTHON -c "import refsr" 2> /dev/null) || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if [ -z "${REFSR:-}" ]; then
-  if command -v refsr > /dev/null; then REFSR=refsr; else REFSR="$PYTHON -m refsr_cli"; fi
+  source scripts/gpu_env.sh
+  refsr_env "$PACK/deps" "$WORK/site"
 fi
 
 if has pairs; then
