@@ -214,9 +214,11 @@ fi
 if has handback; then
   stamp "handback: the trained models (float16) and logs -> $RESULTS/trained.tar.part*"
   h="$WORK/handback"; rm -rf "$h"; mkdir -p "$h/runs"
-  for kind in vq ldm ldm-ca; do
+  for kind in vq ldm ldm-ca; do  # what there is: if a training failed, its log still comes home
     mkdir -p "$h/runs/$kind"
-    if [ $kind = vq ]; then cp -r "$WORK/runs/vq/model" "$h/runs/vq/model"   # as trained: the ceiling row's own bytes
+    if [ ! -d "$WORK/runs/$kind/model" ]; then   # written at the end of a training run
+      echo "  $WORK/runs/$kind/model: no model (see its log)"
+    elif [ $kind = vq ]; then cp -r "$WORK/runs/vq/model" "$h/runs/vq/model"   # as trained: the ceiling row's own bytes
     else $PYTHON scripts/experiments/export_half.py "$WORK/runs/$kind/model" "$h/runs/$kind/model" > /dev/null; fi
     for f in metrics.jsonl eval.json; do [ -f "$WORK/runs/$kind/$f" ] && cp "$WORK/runs/$kind/$f" "$h/runs/$kind/"; done
   done

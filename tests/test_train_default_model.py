@@ -59,7 +59,7 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
            "CROP": "64", "BATCH": "2", "WORKERS": "0", "AE_STEPS": "2", "STEPS": "2", "SAMPLE_STEPS": "2",
            "AE_MAX_MINUTES": "0", "MAX_MINUTES": "0", "AE_HOLDOUT": "0.3", "PYTHON": sys.executable, "CA_LEVELS": "model",
            "METRICS": "psnr,ssim",  # NIQE needs 200 px crops (2 blocks of 96 after the border)
-           "GPU_DEPS": "0",  # no downloads in a test (the GPU image's missing packages: rehearsed by hand, docs/train.md)
+           "GPU_DEPS": "0",  # no downloads in a test (their set-up on the GPU machine: tests/test_gpu_env.py)
            "PART_MB": "1", "REFSR": f"{sys.executable} -m refsr_cli"}
     stages = "pack pairs retrieval autoencoder diffusion handback eval export"
     run = subprocess.run(["bash", "scripts/train_default_model.sh", *stages.split()], cwd=ROOT, env=env,
@@ -139,3 +139,24 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
     # CA_LEVELS model (the scratch run): the config's positions; all (the default): every position,
     # so the warm run added position 2 to the trained branch
     assert model.ref_branch.levels == [0, 1] and after.ref_branch.levels == [0, 1, 2]
+
+
+def test_handback_brings_home_the_logs_of_a_training_that_failed(tmp_path):
+    """The first GPU command ends with handback: if a training died, what there is still comes back
+    (its log, the models that were made), so the next session can see why."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    vq = work / "runs" / "vq"
+    (vq / "model" / "vqvae").mkdir(parents=True)
+    (vq / "model" / "vqvae" / "config.json").write_text("{}\n")
+    (vq / "eval.json").write_text('{"images": 3}\n')
+    (work / "train_ldm-ca.log").write_text("RuntimeError: CUDA error: out of memory\n")
+    env = {**os.environ, "WORK": str(work), "RESULTS": str(results), "PYTHON": sys.executable, "PART_MB": "1",
+           "REFSR": f"{sys.executable} -m refsr_cli"}
+    run = subprocess.run(["bash", "scripts/train_default_model.sh", "handback"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{work}/runs/ldm/model: no model" in run.stdout and f"{work}/runs/ldm-ca/model: no model" in run.stdout
+    back = _unparts(results, "trained", tmp_path / "back", 1)
+    assert (back / "train_ldm-ca.log").read_text() == "RuntimeError: CUDA error: out of memory\n"
+    assert (back / "runs" / "vq" / "model" / "vqvae" / "config.json").is_file()
+    assert (back / "runs" / "vq" / "eval.json").read_text() == '{"images": 3}\n'
