@@ -19,7 +19,8 @@ refsr_env() {
       [ -f "$deps/site.tar.xz" ] || { echo "$PYTHON cannot import diffusers, open_clip or hnswlib, and $deps/site.tar.xz is missing: run \`scripts/train_default_model.sh pack\` where they are installed and carry $deps" >&2; return 1; }
       echo "[$(date -u +%H:%M:%S)] deps: $deps -> $site (hnswlib built from its source)"
       rm -rf "$site.partial" && mkdir -p "$site.partial"
-      tar xJf "$deps/site.tar.xz" -C "$site.partial"
+      $PYTHON -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
+          "$deps/site.tar.xz" "$site.partial"   # Python's lzma: no xz program needed there
       $PYTHON -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$site.partial" \
           "$deps"/hnswlib-*.tar.gz || return 1
       touch "$site.partial/.complete" && rm -rf "$site" && mv "$site.partial" "$site"
