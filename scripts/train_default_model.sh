@@ -57,10 +57,10 @@
 #   here: RESULTS=<fetched> scripts/train_default_model.sh install
 # If the second command cannot run: RESULTS=<the first's files> STAGES="unpack pairs retrieval eval
 # export" scripts/train_default_model.sh here (an hour on 2 cores), then install.
-# Why from the shipped model by default: in the ~7 minutes of training one command allows, a
+# Why from the shipped model by default: in the 4-6 minutes of training one command allows, a
 # from-scratch run reaches ~1,500 steps of ldm-ca (run 1 measured ~7.4 steps/s beside ldm on an
 # H100): less than went into the shipped model (docs/results.md runs 1-7), so it would not
-# replace it; fine-tuned from it at batch 64, both denoisers see 83,200 samples (all its CPU
+# replace it; fine-tuned from it at batch 64, both denoisers see up to 83,200 samples (all its CPU
 # fine-tuning, runs 4-7, saw 67,700; a CPU hour sees 18,000), with run 7's recipe (timesteps below MAX_STRENGTH x T, half of each batch
 # trained as sampling starts).
 # Knobs (environment; defaults in brackets): PACK [gpu_data] WORK [work/default_model]
