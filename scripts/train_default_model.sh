@@ -133,21 +133,20 @@ mkdir -p "$WORK"
 
 if has pack; then
   [ -e "$PACK" ] && { echo "$PACK exists: remove it (or choose PACK) to pack again" >&2; exit 1; }
-  deps="$WORK/deps.partial"; rm -rf "$deps"; mkdir -p "$deps/whl" "$deps/site"
+  deps="$WORK/deps.partial"; rm -rf "$deps"; mkdir -p "$deps"
   if [ "$GPU_DEPS" = 1 ]; then
     stamp "deps: what the GPU image lacks, as installed here, for its Python $GPU_PYTHON -> $PACK/deps"
+    pinned() { $PYTHON -c "import sys; from importlib.metadata import version; print(f'{sys.argv[1]}=={version(sys.argv[1])}')" "$1"; }
+    mkdir -p "$deps/whl" "$deps/site"
     for pkg in diffusers open_clip_torch ftfy wcwidth lpips piq; do  # its other needs (torch, accelerate, opencv, ...) are there
-      version=$($PYTHON -c "import sys; from importlib.metadata import version; print(version(sys.argv[1]))" "$pkg")
       $PYTHON -m pip download -q --no-deps --only-binary=:all: --python-version "$GPU_PYTHON" --implementation cp \
           --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-          -d "$deps/whl" "$pkg==$version"
+          -d "$deps/whl" "$(pinned $pkg)"
     done
     for w in "$deps"/whl/*.whl; do $PYTHON -m zipfile -e "$w" "$deps/site"; done   # a wheel is its site-packages files
-    tar cJf "$deps/site.tar.xz" -C "$deps/site" .
-    version=$($PYTHON -c "from importlib.metadata import version; print(version('hnswlib'))")
-    $PYTHON -m pip download -q --no-deps --no-binary hnswlib -d "$deps" "hnswlib==$version"   # no Linux wheel: built there
+    tar cJf "$deps/site.tar.xz" -C "$deps/site" . && rm -rf "$deps/whl" "$deps/site"
+    $PYTHON -m pip download -q --no-deps --no-binary hnswlib -d "$deps" "$(pinned hnswlib)"   # no Linux wheel: built there
   fi
-  rm -rf "$deps/whl" "$deps/site"
   deps_mib=$(find "$deps" -type f -print0 | mib); tree_mib=$(travels_mib)
   [ "$BUDGET_MB" = auto ] && BUDGET_MB=$($PYTHON -c "import sys; print(round(64 - float(sys.argv[1]) - float(sys.argv[2]) - 1.5, 1))" "$tree_mib" "$deps_mib")
   stamp "pack $DATA -> $PACK: photos <= $BUDGET_MB MiB (the tree $tree_mib MiB, deps $deps_mib MiB)"
