@@ -27,7 +27,13 @@ LOGS=${1:-${OUT:-bench_gpu}}
 mkdir -p "$LOGS"
 source scripts/gpu_env.sh
 refsr_env "${DEPS:-gpu_data/deps}" "${SITE:-work/default_model/site}"
-run() { local name=$1; shift; echo "== $name: $PYTHON $*"; $PYTHON "$@" 2>&1 | tee "$LOGS/$name.txt"; }
+failed=()
+run() {  # NAME SCRIPT ARGS...: LOGS/NAME.txt; a failed step is noted and the next one runs (the GPU minutes are few)
+  local name=$1 rc; shift
+  echo "== $name: $PYTHON $*"
+  set +e; $PYTHON "$@" 2>&1 | tee "$LOGS/$name.txt"; rc=${PIPESTATUS[0]}; set -e
+  if [ "$rc" != 0 ]; then echo "== $name: failed (exit $rc); going on" | tee -a "$LOGS/$name.txt"; failed+=("$name"); fi
+}
 run degrade scripts/bench_degrade.py --devices cuda --skip-numpy --sizes 224,512 --n 512 --batch 64 --check
 run sample_bf16_ddim50 scripts/bench_sample.py --config paper --sizes 128 --refs 0,10 --tile 128 \
     --precision bf16 --sampler ddim --steps 50 --repeats 5
@@ -39,3 +45,4 @@ run sample_draws_batched scripts/bench_sample.py --config small --sizes 64,128,2
     --steps 4 --start-strength 0.5 --draws 4 --mirror --compare-batch 4 --repeats 3
 run sample_channels_last scripts/bench_channels_last.py --device cuda --sizes 64,128,256 --refs 0,4 --repeats 5
 run degrade_numpy_cores scripts/bench_degrade.py --devices cpu --skip-cpu-torch --sizes 224,512 --n 256
+if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]} (their output: $LOGS/NAME.txt)" >&2; exit 1; fi
