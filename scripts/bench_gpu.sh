@@ -21,6 +21,8 @@
 #    about 0.9x the time there): whether the GPU should use it too.
 # 7. The numpy degrade on the machine's CPU cores, one worker against all of them (the 16-core figure
 #    issue 16 asks for; 224 and 512 px, 256 crops). Eight output files: what the machine returns.
+# A step that fails is noted in its file and the next one runs; the failed ones are listed at the
+# end (exit 1). tests/test_bench_gpu.py checks that every command here parses with its script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOGS=${1:-${OUT:-bench_gpu}}

@@ -143,6 +143,36 @@ def test_split_query_and_batched_references_equal_the_definition(aggregation):
     assert torch.equal(out[1], torch.zeros_like(out[1]))  # no real reference: no update
 
 
+def test_a_frozen_unets_channels_last_features_train_the_level_without_a_crash():
+    """--freeze-unet on the CPU: the decoder features need no gradient and can come channels-last
+    while the level's norms train. GroupNorm's CPU backward crashes the process on exactly that in
+    torch 2.11 and 2.13 (a segmentation fault); the level gives its norm a contiguous copy, so the
+    gradients are those of contiguous features."""
+    from refsr.models.ref_branch import CrossAttentionLevel
+
+    torch.manual_seed(0)
+    level = CrossAttentionLevel(dec_channels=32, feat_channels=16, head_dim=8, norm_groups=4)
+    for p in level.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    h, f_lr, ref_feats = torch.randn(2, 32, 6, 5), torch.randn(2, 16, 6, 5), torch.randn(2, 16, 4, 4)
+    mask = torch.tensor([[True], [True]])
+    into_norm = []
+    level.norm_h.register_forward_pre_hook(lambda _, args: into_norm.append(args[0].is_contiguous()))
+
+    def grads(h):
+        level.zero_grad()
+        keys, values = level.keys_values(ref_feats, 2)
+        level(h, level.query_lr(f_lr), keys, values, mask).square().sum().backward()
+        return {n: p.grad.clone() for n, p in level.named_parameters()}
+
+    want = grads(h)
+    got = grads(h.to(memory_format=torch.channels_last))  # crashed here before the guard (torch 2.11, 2.13)
+    assert into_norm == [True, True]
+    assert want.keys() == got.keys() and want["norm_h.weight"].abs().sum() > 0
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-5)
+
+
 def test_a_new_level_attends_where_the_reference_looks_like_the_lr():
     """The matching start: with reference features that are the LR's own features moved to
     other positions, every query's strongest key is the moved copy of its own position (before

@@ -208,12 +208,12 @@ class CrossAttentionLevel(nn.Module):
         """(B, C_f, H, W) E_LR features -> (B, H, W, inner): ``W_lr GN(f_LR) + b_q``, the
         timestep-free part of the query (the input channels of ``to_q`` after ``dec_channels``)."""
         dec = self.norm_h.num_channels
-        x = self.norm_lr(f_lr).permute(0, 2, 3, 1)
+        x = _norm(self.norm_lr, f_lr).permute(0, 2, 3, 1)
         return F.linear(x, self._weight(self.to_q, dec), self.to_q.bias)
 
     def keys_values(self, ref_feats: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B*R, C, s, s) E_Ref features -> keys, values (B, R, heads, s*s, head_dim), contiguous."""
-        x = self.norm_ref(ref_feats).flatten(2).transpose(1, 2)
+        x = _norm(self.norm_ref, ref_feats).flatten(2).transpose(1, 2)
         k = self._heads(F.linear(x, self._weight(self.to_k), self.to_k.bias)).contiguous()
         v = self._heads(F.linear(x, self._weight(self.to_v), self.to_v.bias)).contiguous()
         return k.unflatten(0, (batch, -1)), v.unflatten(0, (batch, -1))
@@ -227,7 +227,7 @@ class CrossAttentionLevel(nn.Module):
         """
         b, c, height, width = h.shape
         # 1. q = W_h GN(h) + q_lr (the LR part was computed once per image)
-        hn = self.norm_h(h).flatten(2).transpose(1, 2)
+        hn = _norm(self.norm_h, h).flatten(2).transpose(1, 2)
         w_h = self._weight(self.to_q, 0, c).T.expand(b, -1, -1)
         q = self._heads(torch.baddbmm(q_lr.reshape(b, height * width, -1), hn, w_h))
         r = keys.shape[1]
@@ -244,6 +244,18 @@ class CrossAttentionLevel(nn.Module):
         out = F.linear(o.transpose(1, 2).flatten(2), self._weight(self.to_out), self.to_out.bias)
         gate = mask.any(dim=1).to(out.dtype).view(b, 1, 1)
         return (out * gate).transpose(1, 2).reshape(b, c, height, width)
+
+
+def _norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, with one guard: on the CPU, where ``x`` needs no gradient but ``norm``'s weights
+    train and ``x`` is not contiguous (channels-last decoder features of a frozen U-Net, as
+    ``--freeze-unet`` trains), ``x`` is made contiguous first. The CPU backward of GroupNorm
+    crashes the process (segmentation fault) on that combination in torch 2.11 and 2.13 (fixed
+    by 2.14). Sampling (no gradient) and GPUs are untouched."""
+    if (x.device.type == "cpu" and torch.is_grad_enabled() and not x.requires_grad and norm.weight.requires_grad
+            and not x.is_contiguous()):
+        x = x.contiguous()
+    return norm(x)
 
 
 def _groups(groups: int, channels: int) -> int:
