@@ -189,7 +189,7 @@ def load_clipiqa(device="cpu"):
         raise BadWeightsError(f"CLIP-IQA (prompt tokens) weights {tokens_path}: expected a 2-d integer tensor of tokens")
     try:
         with open(model_path, "rb") as f, warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            warnings.filterwarnings("ignore", ".*torch.jit.load.* is deprecated")  # a FutureWarning, or a DeprecationWarning (torch 2.11)
             clip = piq_clip.build_model(torch.jit.load(f, map_location="cpu").state_dict()).float().eval()
     except Exception as e:
         raise BadWeightsError(f"CLIP-IQA (CLIP RN50) weights {model_path} cannot be read as piq's TorchScript CLIP "
