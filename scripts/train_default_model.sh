@@ -10,13 +10,15 @@
 #   pack        (here, CPU) into PACK (default gpu_data/, git-ignored): PACK/deps, the Python packages
 #               the GPU machine's image lacks (diffusers, open_clip_torch and its ftfy/wcwidth, lpips,
 #               piq: the versions installed here, as wheels for its Python GPU_PYTHON, unpacked into one
-#               site.tar.xz; hnswlib as source, since it publishes no Linux wheel), then the photos of
+#               site.tar.xz; hnswlib, which publishes no Linux wheel, as source and as a wheel built here
+#               by a Python GPU_PYTHON where there is one: WHEEL_PYTHON), then the photos of
 #               ../shared/data (every test/validation bird, the general photos, as many training birds
 #               per species as fit in what the 64 MiB working-tree copy leaves: BUDGET_MB auto). It
 #               refuses if tracked files + PACK would exceed 64 MiB. Carry PACK to the GPU machine.
 #   (every stage below first makes sure refsr and its dependencies import: where they do not, as on
-#   the GPU machine, it unpacks PACK/deps into WORK/site, builds hnswlib there once (pip, from source,
-#   no network), and runs `python -m refsr_cli` from this checkout)
+#   the GPU machine, it unpacks PACK/deps into WORK/site, installs hnswlib there once (the packed wheel
+#   where it loads, else built from its source: pip, no network), and runs `python -m refsr_cli` from
+#   this checkout)
 #   pairs       Real-ESRGAN x4 pairs, CROP px crops: training (birds + general), validation birds, test birds,
 #               test general
 #   retrieval   index the training photos (OpenCLIP; random weights offline), match every pair
@@ -87,7 +89,7 @@
 #   CLIP_MODEL [scripts/experiments/clip_small_random.json] CLIP_PRETRAINED [none]
 #   MATCHER [shipped] BUDGET_MB [auto: what 64 MiB leaves beside the tracked files and PACK/deps, less 1.5]
 #   DATA [../shared/data] REFSR [refsr where installed, else PYTHON -m refsr_cli] PYTHON [python3]
-#   GPU_DEPS [1; 0: pack the photos only] GPU_PYTHON [3.12: the GPU image's] SLOT [0: no limit; seconds this command may take] PART_MB [15]
+#   GPU_DEPS [1; 0: pack the photos only] GPU_PYTHON [3.12: the GPU image's] WHEEL_PYTHON [python$GPU_PYTHON, else pyenv's $GPU_PYTHON.*] SLOT [0: no limit; seconds this command may take] PART_MB [15]
 set -euo pipefail
 STAGES=${STAGES:-${*:-pack}}
 PACK=${PACK:-gpu_data}; WORK=${WORK:-work/default_model}; DATA=${DATA:-../shared/data}
@@ -108,7 +110,7 @@ recipe=(--min-snr-gamma "$MIN_SNR" --max-strength "$MAX_STRENGTH" --lr-start-fra
 SAMPLE_STEPS=${SAMPLE_STEPS:-20}; START_STRENGTH=${START_STRENGTH:-0.5}; START_STEPS=${START_STEPS:-4}; START_DRAWS=${START_DRAWS:-4}; START_MIRROR=${START_MIRROR:-1}; mirror=--mirror; [ "$START_MIRROR" = 0 ] && mirror=--no-mirror; START_COLOR_FIX=${START_COLOR_FIX:-luma}; START_COLOR_FIX_LEVELS=${START_COLOR_FIX_LEVELS:-auto}; METRICS=${METRICS:-psnr,ssim,niqe}
 CLIP_MODEL=${CLIP_MODEL:-scripts/experiments/clip_small_random.json}; CLIP_PRETRAINED=${CLIP_PRETRAINED:-none}
 MATCHER=${MATCHER:-shipped}; BUDGET_MB=${BUDGET_MB:-auto}; PYTHON=${PYTHON:-python3}
-GPU_DEPS=${GPU_DEPS:-1}; GPU_PYTHON=${GPU_PYTHON:-3.12}; SLOT=${SLOT:-0}; PART_MB=${PART_MB:-15}
+GPU_DEPS=${GPU_DEPS:-1}; GPU_PYTHON=${GPU_PYTHON:-3.12}; WHEEL_PYTHON=${WHEEL_PYTHON:-}; SLOT=${SLOT:-0}; PART_MB=${PART_MB:-15}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date -u +%H:%M:%S)] $*"; }
 list() { sed "s|^|$PACK/split/|" "$PACK/split/$1.txt"; }   # a split's photos (listed relative to the list)
@@ -145,7 +147,18 @@ if has pack; then
     done
     for w in "$deps"/whl/*.whl; do $PYTHON -m zipfile -e "$w" "$deps/site"; done   # a wheel is its site-packages files
     tar cJf "$deps/site.tar.xz" -C "$deps/site" . && rm -rf "$deps/whl" "$deps/site"
-    $PYTHON -m pip download -q --no-deps --no-binary hnswlib -d "$deps" "$(pinned hnswlib)"   # no Linux wheel: built there
+    $PYTHON -m pip download -q --no-deps --no-binary hnswlib -d "$deps" "$(pinned hnswlib)"   # no Linux wheel on PyPI
+    # and a wheel of it for Python $GPU_PYTHON, so the GPU machine needs no compiler and no build time
+    if [ -z "$WHEEL_PYTHON" ]; then
+      for py in "python$GPU_PYTHON" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$GPU_PYTHON".*/bin/python; do
+        "$py" -c "" 2> /dev/null && { WHEEL_PYTHON=$py; break; }
+      done
+    fi
+    if [ -n "$WHEEL_PYTHON" ]; then
+      HNSWLIB_NO_NATIVE=1 LDFLAGS=-s "$WHEEL_PYTHON" -m pip wheel -q --no-deps -w "$deps" "$deps"/hnswlib-*.tar.gz   # portable (no -march=native), stripped: 0.2 MiB
+    else
+      stamp "no Python $GPU_PYTHON here (WHEEL_PYTHON): the GPU machine builds hnswlib from its source (about 30 s of its time)"
+    fi
   fi
   deps_mib=$(find "$deps" -type f -print0 | mib); tree_mib=$(travels_mib)
   [ "$BUDGET_MB" = auto ] && BUDGET_MB=$($PYTHON -c "import sys; print(round(64 - float(sys.argv[1]) - float(sys.argv[2]) - 1.5, 1))" "$tree_mib" "$deps_mib")

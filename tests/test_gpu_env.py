@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,9 @@ def _bare_python(tmp: Path) -> Path:
     return wrapper
 
 
-def _deps(tmp: Path) -> Path:
-    """site.tar.xz with stand-in modules, and an hnswlib source package to build with pip."""
+def _deps(tmp: Path, wheel: str | None = None) -> Path:
+    """site.tar.xz with stand-in modules, an hnswlib source package to build with pip and, where
+    ``wheel`` is given, an hnswlib wheel whose module is that code (the pack's prebuilt wheel)."""
     deps = tmp / "deps"
     deps.mkdir()
     with tarfile.open(deps / "site.tar.xz", "w:xz") as tar:
@@ -44,12 +46,19 @@ def _deps(tmp: Path) -> Path:
             tar.addfile(info, io.BytesIO(data))
     src = tmp / "hnswlib-0.0.1"
     src.mkdir()
-    (src / "hnswlib.py").write_text("BUILT = True\n")
+    (src / "hnswlib.py").write_text("BUILT = 'from source'\n")
     (src / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
         '[project]\nname = "hnswlib"\nversion = "0.0.1"\n[tool.setuptools]\npy-modules = ["hnswlib"]\n')
     with tarfile.open(deps / "hnswlib-0.0.1.tar.gz", "w:gz") as tar:
         tar.add(src, arcname="hnswlib-0.0.1")
+    if wheel is not None:
+        info = "hnswlib-0.0.1.dist-info"
+        with zipfile.ZipFile(deps / "hnswlib-0.0.1-py3-none-any.whl", "w") as whl:
+            whl.writestr("hnswlib.py", wheel)
+            whl.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: hnswlib\nVersion: 0.0.1\n")
+            whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+            whl.writestr(f"{info}/RECORD", f"hnswlib.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
     return deps
 
 
@@ -60,15 +69,22 @@ def _refsr_env(python: Path, deps: Path, site: Path, then: str) -> subprocess.Co
     return subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_refsr_env_sets_up_the_missing_packages_once_and_runs_the_cli_from_the_checkout(tmp_path):
+@pytest.mark.parametrize("wheel, hnswlib", [
+    (None, "from source"),  # no Python 3.12 where the pack ran: built there
+    ("BUILT = 'wheel'\n", "wheel"),  # the packed wheel: no compiler, no build time
+    ("raise ImportError('GLIBCXX_3.4.29 not found')\n", "from source"),  # a wheel that does not load there
+])
+def test_refsr_env_sets_up_the_missing_packages_once_and_runs_the_cli_from_the_checkout(tmp_path, wheel, hnswlib):
     pytest.importorskip("setuptools", reason="the stand-in hnswlib is built with setuptools, as the real one")
-    python, deps, site = _bare_python(tmp_path), _deps(tmp_path), tmp_path / "site"
+    python, deps, site = _bare_python(tmp_path), _deps(tmp_path, wheel), tmp_path / "site"
     check = ('$PYTHON -c "import diffusers, open_clip, hnswlib, refsr; print(hnswlib.BUILT, refsr.__file__)"; '
              'echo "REFSR=$REFSR"')
     first = _refsr_env(python, deps, site, check)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "hnswlib built from its source" in first.stdout
-    assert f"True {ROOT / 'refsr' / '__init__.py'}" in first.stdout  # built by pip; refsr from this checkout
+    assert ("hnswlib: the wheel packed for this Python" if hnswlib == "wheel" else "hnswlib: built from its source") \
+        in first.stdout
+    assert f"{hnswlib} {ROOT / 'refsr' / '__init__.py'}" in first.stdout  # refsr from this checkout
+    assert len(list(site.glob("hnswlib-*.dist-info"))) == 1  # one install, not a broken wheel beside the build
     assert f"REFSR={python} -m refsr_cli" in first.stdout  # no refsr on PATH
     assert (site / ".complete").is_file() and (site / "diffusers" / "__init__.py").is_file()
     assert not (tmp_path / "site.partial").exists()
@@ -76,7 +92,7 @@ def test_refsr_env_sets_up_the_missing_packages_once_and_runs_the_cli_from_the_c
     (deps / "site.tar.xz").unlink()  # a second command on the same machine: set up already, nothing read
     again = _refsr_env(python, deps, site, check)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "built from its source" not in again.stdout and "True" in again.stdout
+    assert "hnswlib:" not in again.stdout and f"{hnswlib} {ROOT}" in again.stdout
 
 
 def test_refsr_env_without_deps_stops_with_what_to_do(tmp_path):
