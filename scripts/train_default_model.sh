@@ -30,11 +30,11 @@
 #               scale and decoding measured at export
 #   diffusion   ldm and ldm-ca side by side: same config, seed, data order and optimizer steps;
 #               from INIT_FROM: ldm-ca from its U-Net and branch, ldm from the same U-Net alone
-#   handback    the trained models (float16) and their logs into RESULTS as trained.tar.part00, ... (at
-#               most PART_MB each: the device returns at most 8 files of 16 MiB), so that they come home
-#               even if the eval command cannot run
-#   unpack      (here) RESULTS/trained.tar.part* -> WORK/runs: then `eval export install` run here on the
-#               CPU (with the pairs and retrieval stages first, as PACK is here)
+#   handback    the trained models (float16), their logs and the matches files into RESULTS as
+#               trained.tar.part00, ... (at most PART_MB each: the device returns at most 8 files of 16 MiB),
+#               so that they come home even if the eval command cannot run
+#   unpack      (here) RESULTS/trained.tar.part* -> WORK (runs/, logs, matches_*.jsonl): then `eval export
+#               install` run here on the CPU (with the pairs stage first, from the same PACK; the matches came back)
 #   eval        the colour fix's wavelet levels for ldm-ca (START_COLOR_FIX_LEVELS auto: the best Y-PSNR
 #               on the validation birds); test birds: bicubic, autoencoder ceiling, INIT_FROM as it is
 #               shipped (its own recommended sampling), ldm, ldm-ca without / with references, ldm-ca
@@ -58,8 +58,9 @@
 #   run: STAGES="eval export" scripts/train_default_model.sh   (what device time is left)
 #   here: RESULTS=<fetched> scripts/train_default_model.sh install
 # If the second command cannot run: OMP_NUM_THREADS=1 RESULTS=<the first's files> STAGES="unpack pairs
-# retrieval eval export" scripts/train_default_model.sh here (52 minutes on 2 cores, 19 of them
-# retrieval; the eval's samplers run side by side), then install.
+# eval export" scripts/train_default_model.sh here (about 33 minutes on 2 cores: the 52 measured with
+# the retrieval stage, less its 19, since the matches come back; the eval's samplers run side by
+# side), then install.
 # Why from the shipped model by default: in the 4-6 minutes of training one command allows, a
 # from-scratch run reaches ~1,500 steps of ldm-ca (run 1 measured ~7.4 steps/s beside ldm on an
 # H100): less than went into the shipped model (docs/results.md runs 1-7), so it would not
@@ -236,6 +237,7 @@ if has handback; then
     for f in metrics.jsonl eval.json; do [ -f "$WORK/runs/$kind/$f" ] && cp "$WORK/runs/$kind/$f" "$h/runs/$kind/"; done
   done
   cp "$WORK"/train_*.log "$h/" 2> /dev/null || true
+  cp "$WORK"/matches_*.jsonl "$h/" 2> /dev/null || true   # the eval's references: an eval here needs no retrieval
   parts trained "$h"
 fi
 

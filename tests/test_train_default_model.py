@@ -84,6 +84,8 @@ def test_train_default_model_script_runs_every_stage_at_tiny_size(tmp_path):
         assert (trained / "runs" / kind / "metrics.jsonl").read_bytes() == \
             (tmp_path / "work" / "runs" / kind / "metrics.jsonl").read_bytes()
     assert (trained / "runs" / "vq" / "eval.json").is_file()
+    for split in ("train", "val", "test", "test_general"):  # an eval here (unpack) needs no retrieval
+        assert (trained / f"matches_{split}.jsonl").read_bytes() == (tmp_path / "work" / f"matches_{split}.jsonl").read_bytes()
     assert (trained / "runs" / "vq" / "model" / "vqvae" / "config.json").is_file()
     reports = tmp_path / "reports"
     with tarfile.open(results / "reports.tar.gz") as tar:
