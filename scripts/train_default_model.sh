@@ -58,9 +58,8 @@
 #   run: STAGES="eval export" scripts/train_default_model.sh   (what device time is left)
 #   here: RESULTS=<fetched> scripts/train_default_model.sh install
 # If the second command cannot run: OMP_NUM_THREADS=1 RESULTS=<the first's files> STAGES="unpack pairs
-# eval export" scripts/train_default_model.sh here (about 33 minutes on 2 cores: the 52 measured with
-# the retrieval stage, less its 19, since the matches come back; the eval's samplers run side by
-# side), then install.
+# eval export" scripts/train_default_model.sh here (18 minutes on the idle 2-core VM, 2026-12-08, at full
+# size: no retrieval, since the matches come back; the eval's samplers run side by side), then install.
 # Why from the shipped model by default: in the 4-6 minutes of training one command allows, a
 # from-scratch run reaches ~1,500 steps of ldm-ca (run 1 measured ~7.4 steps/s beside ldm on an
 # H100): less than went into the shipped model (docs/results.md runs 1-7), so it would not
