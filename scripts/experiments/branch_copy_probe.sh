@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Branch copy probe (docs/results.md, run 15): does the shipped model's reference branch learn to
+# borrow from a reference's content, given enough samples that hold the target? The branch alone
+# (--freeze-unet: the model without references stays the shipped one), every decoder position
+# (--ca-levels all: the two full-resolution positions the shipped branch lacks start as matching),
+# one reference per sample, always a view of the sample's own HR (--self-ref-fraction 1 --max-refs 1).
+# Data: the pairs and matches of `scripts/train_default_model.sh pairs retrieval` (DATA_WORK).
+#   scripts/experiments/branch_copy_probe.sh train   RUN from INIT (run 15: 5,000 steps at lr 5e-4, 64 min
+#                                                    on 2 cores; then INIT=that model LR=2.5e-4 STEPS=3000)
+#   scripts/experiments/branch_copy_probe.sh eval    the validation birds with MODELS, each with its matched
+#                                                    references, the ground truth (oracle) and another
+#                                                    pair's HR (other) as the reference, sampled as shipped
+# Knobs: DATA_WORK [work/default_model] WORK [work/ft15] INIT [refsr/weights/default] RUN [WORK/probe]
+#   LR [5e-4] STEPS [5000] MINUTES [68] TRAIN_SEED [5] MODELS ["refsr/weights/default RUN/model"]
+set -euo pipefail
+DATA_WORK=${DATA_WORK:-work/default_model}; WORK=${WORK:-work/ft15}; INIT=${INIT:-refsr/weights/default}
+RUN=${RUN:-$WORK/probe}; LR=${LR:-5e-4}; STEPS=${STEPS:-5000}; MINUTES=${MINUTES:-68}; TRAIN_SEED=${TRAIN_SEED:-5}
+MODELS=${MODELS:-refsr/weights/default $RUN/model}
+here=$(dirname "$0")
+case "${1:?stage: train or eval}" in
+  train)
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} refsr train diffusion "$DATA_WORK/pairs_train/manifest.jsonl" \
+        --matches "$DATA_WORK/matches_train.jsonl" --init-from "$INIT" --kind ldm-ca --config small \
+        --max-strength 0.5 --min-snr-gamma 5 --lr-start-fraction 0.5 --freeze-unet --ca-levels all \
+        --self-ref-fraction 1 --max-refs 1 --lr "$LR" --warmup 50 --lr-schedule cosine --ema-decay 0.995 \
+        --batch-size 8 --steps "$STEPS" --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 \
+        --log-every 25 --seed "$TRAIN_SEED" --workers 1 --device cpu --resume -o "$RUN" ;;
+  eval)
+    V=$DATA_WORK/pairs_val/manifest.jsonl; mkdir -p "$WORK/eval"
+    [ -s "$WORK/matches_val_oracle.jsonl" ] || python "$here/oracle_matches.py" "$V" "$WORK/matches_val_oracle.jsonl"
+    [ -s "$WORK/matches_val_other.jsonl" ] || python "$here/oracle_matches.py" "$V" "$WORK/matches_val_other.jsonl" --other
+    for model in $MODELS; do
+      name=$(basename "$(dirname "$model")"); [ "$model" = refsr/weights/default ] && name=shipped
+      for r in matched oracle other; do
+        m=$DATA_WORK/matches_val.jsonl; [ $r = matched ] || m=$WORK/matches_val_$r.jsonl
+        out=$WORK/restored/${name}_$r
+        refsr -q sample --model "$model" "$V" --matches "$m" --steps 4 --start-strength 0.5 --draws 4 --mirror \
+            --color-fix luma --color-fix-levels 4 --seed 0 --device cpu -o "$out"
+        refsr -q evaluate --pred "$out" --gt "$V" --metrics psnr,ssim -o "$WORK/eval/report_${name}_$r.json" \
+            --csv "$WORK/eval/per_image_${name}_$r.csv" --device cpu --overwrite > /dev/null
+      done
+      echo "$name: the ground truth against another pair's HR as the reference"
+      python "$here/paired.py" "$WORK/eval/per_image_${name}_other.csv" "$WORK/eval/per_image_${name}_oracle.csv"
+    done ;;
+  *) echo "unknown stage $1 (train or eval)" >&2; exit 2 ;;
+esac
