@@ -18,13 +18,10 @@ RUN=${RUN:-$WORK/probe}; LR=${LR:-5e-4}; STEPS=${STEPS:-5000}; MINUTES=${MINUTES
 MODELS=${MODELS:-refsr/weights/default $RUN/model}
 here=$(dirname "$0")
 case "${1:?stage: train or eval}" in
-  train)
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} refsr train diffusion "$DATA_WORK/pairs_train/manifest.jsonl" \
-        --matches "$DATA_WORK/matches_train.jsonl" --init-from "$INIT" --kind ldm-ca --config small \
-        --max-strength 0.5 --min-snr-gamma 5 --lr-start-fraction 0.5 --freeze-unet --ca-levels all \
-        --self-ref-fraction 1 --max-refs 1 --lr "$LR" --warmup 50 --lr-schedule cosine --ema-decay 0.995 \
-        --batch-size 8 --steps "$STEPS" --max-minutes "$MINUTES" --validate-every 0 --checkpoint-every 200 \
-        --log-every 25 --seed "$TRAIN_SEED" --workers 1 --device cpu --resume -o "$RUN" ;;
+  train)  # scripts/experiments/finetune_cpu.sh's train stage, with the probe's settings
+    STAGES=train WORK=$DATA_WORK TRAIN_MATCHES=$DATA_WORK/matches_train.jsonl MODEL=$INIT RUN=$RUN FREEZE_UNET=1 \
+        CA_LEVELS=all SELF_REF=1 MAX_REFS=1 LR_START=0.5 LR=$LR LR_SCHEDULE=cosine STEPS=$STEPS MINUTES=$MINUTES \
+        TRAIN_SEED=$TRAIN_SEED OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$here/finetune_cpu.sh" ;;
   eval)
     V=$DATA_WORK/pairs_val/manifest.jsonl; mkdir -p "$WORK/eval"
     [ -s "$WORK/matches_val_oracle.jsonl" ] || python "$here/oracle_matches.py" "$V" "$WORK/matches_val_oracle.jsonl"

@@ -35,6 +35,7 @@
 #   FREEZE_UNET [0; 1: --freeze-unet, train the reference branch only]
 #   CA_LEVELS [the model's: --ca-levels, e.g. 0,1,2,3 adds full-resolution positions to its branch]
 #   SELF_REF [0: --self-ref-fraction, the fraction of samples given a view of their own HR as a reference]
+#   MAX_REFS [the config's: --max-refs, references per training sample]
 #   LR_START [0: --lr-start-fraction] PIXEL_LOSS [0: --pixel-loss-weight] TRAIN_MATCHES [WORK/matches_train.jsonl] DRAWS [the model's: --draws of val/test]
 #   RUN [WORK/runs/ldm-ca-ft: the training run, and the ft model of val/test]
 #   VAL_STRENGTHS ["0.2 0.3 0.5"] VAL_STEPS [SAMPLE_STEPS] VAL_MODELS ["base ft"]
@@ -52,6 +53,7 @@ TEST=${TEST:-work/eval/pairs_test/manifest70.jsonl}; TEST_MATCHES=${TEST_MATCHES
 FREEZE_UNET=${FREEZE_UNET:-0}; branch=(); [ "$FREEZE_UNET" = 1 ] && branch=(--freeze-unet)
 CA_LEVELS=${CA_LEVELS:-}; [ -n "$CA_LEVELS" ] && branch+=(--ca-levels "$CA_LEVELS")
 SELF_REF=${SELF_REF:-0}; [ "$SELF_REF" != 0 ] && branch+=(--self-ref-fraction "$SELF_REF")
+MAX_REFS=${MAX_REFS:-}; [ -n "$MAX_REFS" ] && branch+=(--max-refs "$MAX_REFS")
 LR_START=${LR_START:-0}; PIXEL_LOSS=${PIXEL_LOSS:-0}; TRAIN_MATCHES=${TRAIN_MATCHES:-$WORK/matches_train.jsonl}; DRAWS=${DRAWS:-}
 draws=(); [ -n "$DRAWS" ] && draws=(--draws "$DRAWS")
 has() { [[ " $STAGES " == *" $1 "* ]]; }
