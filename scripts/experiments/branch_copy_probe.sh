@@ -11,16 +11,18 @@
 #                                                    references, the ground truth (oracle) and another
 #                                                    pair's HR (other) as the reference, sampled as shipped
 # Knobs: DATA_WORK [work/default_model] WORK [work/ft15] INIT [refsr/weights/default] RUN [WORK/probe]
-#   LR [5e-4] STEPS [5000] MINUTES [68] TRAIN_SEED [5] MODELS ["refsr/weights/default RUN/model"]
+#   LR [5e-4] STEPS [5000] MINUTES [68] TRAIN_SEED [5] SELF_REF [1] MAX_REFS [1] (SELF_REF 0.5: half of the samples
+#   keep a matched reference, another photo, instead of the view) MODELS ["refsr/weights/default RUN/model"]
 set -euo pipefail
 DATA_WORK=${DATA_WORK:-work/default_model}; WORK=${WORK:-work/ft15}; INIT=${INIT:-refsr/weights/default}
 RUN=${RUN:-$WORK/probe}; LR=${LR:-5e-4}; STEPS=${STEPS:-5000}; MINUTES=${MINUTES:-68}; TRAIN_SEED=${TRAIN_SEED:-5}
+SELF_REF=${SELF_REF:-1}; MAX_REFS=${MAX_REFS:-1}
 MODELS=${MODELS:-refsr/weights/default $RUN/model}
 here=$(dirname "$0")
 case "${1:?stage: train or eval}" in
   train)  # scripts/experiments/finetune_cpu.sh's train stage, with the probe's settings
     STAGES=train WORK=$DATA_WORK TRAIN_MATCHES=$DATA_WORK/matches_train.jsonl MODEL=$INIT RUN=$RUN FREEZE_UNET=1 \
-        CA_LEVELS=all SELF_REF=1 MAX_REFS=1 LR_START=0.5 LR=$LR LR_SCHEDULE=cosine STEPS=$STEPS MINUTES=$MINUTES \
+        CA_LEVELS=all SELF_REF=$SELF_REF MAX_REFS=$MAX_REFS LR_START=0.5 LR=$LR LR_SCHEDULE=cosine STEPS=$STEPS MINUTES=$MINUTES \
         TRAIN_SEED=$TRAIN_SEED OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$here/finetune_cpu.sh" ;;
   eval)
     V=$DATA_WORK/pairs_val/manifest.jsonl; mkdir -p "$WORK/eval"
