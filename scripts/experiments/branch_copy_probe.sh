@@ -2,8 +2,9 @@
 # Branch copy probe (docs/results.md, run 15): does the shipped model's reference branch learn to
 # borrow from a reference's content, given enough samples that hold the target? The branch alone
 # (--freeze-unet: the model without references stays the shipped one), every decoder position
-# (--ca-levels all: the two full-resolution positions the shipped branch lacks start as matching),
-# one reference per sample, always a view of the sample's own HR (--self-ref-fraction 1 --max-refs 1).
+# (--ca-levels all: the two full-resolution positions run 7's branch lacked start as matching; the
+# shipped branch has them since run 16), one reference per sample, always a view of the sample's own HR
+# (--self-ref-fraction 1 --max-refs 1; run 16: SELF_REF=0.5, half of them a matched photo instead).
 # Data: the pairs and matches of `scripts/train_default_model.sh pairs retrieval` (DATA_WORK).
 #   scripts/experiments/branch_copy_probe.sh train   RUN from INIT (run 15: 5,000 steps at lr 5e-4, 64 min
 #                                                    on 2 cores; then INIT=that model LR=2.5e-4 STEPS=3000)
